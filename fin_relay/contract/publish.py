@@ -1,0 +1,36 @@
+"""Publishing envelopes: stream + channel, and the conversation's channel, in one round trip.
+
+Used by the worker (call outcomes, Fin events) and by dead-letter replay. Streams are capped
+with ``MAXLEN ~``; pub/sub is the lossy live tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.names import Names
+
+
+def add_publish(pipe: Any, names: Names, stream: str, envelope: Envelope, *, maxlen: int) -> None:
+    """Queue the commands publishing ``envelope`` on ``stream`` onto a redis-py pipeline.
+
+    XADD ``stream`` (capped), PUBLISH ``stream``, and PUBLISH the conversation's channel when the
+    envelope has a conversation id. Works with sync and asyncio pipelines alike.
+    """
+    pipe.xadd(stream, envelope.stream_fields(), maxlen=maxlen, approximate=True)
+    text = envelope.to_json()
+    pipe.publish(stream, text)
+    if envelope.conversation_id:
+        pipe.publish(names.conversation_channel(envelope.conversation_id), text)
+
+
+def publish(
+    client: Any, names: Names, items: Iterable[tuple[str, Envelope]], *, maxlen: int
+) -> None:
+    """Publish ``(stream, envelope)`` pairs in one pipelined round trip (sync client)."""
+    pipe = client.pipeline(transaction=False)
+    for stream, envelope in items:
+        add_publish(pipe, names, stream, envelope, maxlen=maxlen)
+    pipe.execute()
