@@ -108,6 +108,13 @@ class Names:
         """Marker set when a caller-chosen job id was first enqueued."""
         return self._k("jobid", job_id)
 
+    def dead_payload(self, dead_id: str) -> str:
+        """String: the original job/event (task, task_id, queue, kwargs) kept for replay.
+
+        Dead-letter envelopes carry no attachment data; this key holds what replay needs.
+        """
+        return self._k("deadpayload", dead_id)
+
     # webhook ingest
     def event_dedup(self, dedup_key: str) -> str:
         """Marker remembering one delivered event for the de-dup TTL."""

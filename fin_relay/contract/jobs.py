@@ -1,0 +1,231 @@
+"""The job contract: Celery keyword arguments of the ``fin.*`` call tasks, and dead letters.
+
+A call task (``fin.start``, ``fin.reply``, ...) is called with **keyword arguments only**:
+
+* the fields of Fin's request body for that endpoint (``conversation_id``, ``user``,
+  ``message``, ``attachments``, ``conversation_metadata``, ``settings``, ``rating``, ...),
+  exactly as in ``fin-agent-api.md``;
+* ``procedure_id`` for ``fin.procedure_run`` (it travels in the URL path);
+* optionally ``relay``: fin-relay's own per-job options (:class:`JobOptions`):
+  ``{"expires_at": ISO-8601, "metadata": {...}, "correlation_id": "...", "enqueued_at_ms": int}``.
+
+The Celery task id is the **job id**. ``message.timestamp`` is stamped once — by the producer
+(:func:`stamp_timestamp`) or, for a job sent without one, by the worker, durably, before the
+first attempt — so every retry carries the same timestamp and Fin's 5-minute de-duplication
+makes retries safe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.errors import InvalidJobError
+from fin_relay.contract.fin_api import (
+    MESSAGE_OPERATIONS,
+    OPERATIONS,
+    IsoTime,
+    dump,
+    format_fin_time,
+    parse_fin_time,
+)
+from fin_relay.contract.names import CALL_TASKS, TASK_OPERATIONS, TASK_QUEUES, Names
+from fin_relay.contract.publish import add_publish
+
+RELAY_KWARG = "relay"
+PROCEDURE_KWARG = "procedure_id"
+DEAD_JOB = "job.dead"
+DEAD_EVENT = "event.dead"
+
+
+class JobOptions(BaseModel):
+    """fin-relay's per-job options, carried in the ``relay`` keyword argument."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_at: IsoTime | None = None
+    metadata: dict[str, Any] | None = None
+    correlation_id: str | None = None
+    enqueued_at_ms: int | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expires_at is None:
+            return False
+        return parse_fin_time(self.expires_at) <= (now or datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    """A call job whose arguments matched Fin's request body."""
+
+    operation: str
+    body: dict[str, Any]
+    path: str
+    options: JobOptions
+    request: BaseModel
+
+    @property
+    def conversation_id(self) -> str | None:
+        value = self.body.get("conversation_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def message_timestamp(self) -> str | None:
+        message = self.body.get("message")
+        if isinstance(message, dict):
+            ts = message.get("timestamp")
+            return ts if isinstance(ts, str) else None
+        return None
+
+
+def _field_errors(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{prefix}{loc}: {err['msg']}" if loc else f"{prefix}{err['msg']}")
+    return "; ".join(parts)
+
+
+def validate_job(operation: str, kwargs: dict[str, Any]) -> ValidatedJob:
+    """Check a call job's keyword arguments; raise :class:`InvalidJobError` naming the field."""
+    if operation not in OPERATIONS:
+        raise InvalidJobError(f"unknown operation {operation!r}")
+    path_template, request_model, _ = OPERATIONS[operation]
+    body = dict(kwargs)
+    raw_options = body.pop(RELAY_KWARG, None)
+    try:
+        options = JobOptions.model_validate(raw_options or {})
+    except ValidationError as exc:
+        raise InvalidJobError(f"invalid job options: {_field_errors(exc, 'relay.')}") from None
+    path = path_template
+    if "{procedure_id}" in path_template:
+        procedure_id = body.pop(PROCEDURE_KWARG, None)
+        if not isinstance(procedure_id, str | int) or not str(procedure_id):
+            raise InvalidJobError("invalid job: procedure_id: Field required")
+        path = path_template.format(procedure_id=procedure_id)
+    try:
+        request = request_model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidJobError(f"invalid {operation} job: {_field_errors(exc)}") from None
+    return ValidatedJob(
+        operation=operation, body=dump(request), path=path, options=options, request=request
+    )
+
+
+def validate_task(task_name: str, kwargs: dict[str, Any]) -> ValidatedJob:
+    """:func:`validate_job` by Celery task name (``fin.start`` ...)."""
+    operation = TASK_OPERATIONS.get(task_name)
+    if operation is None:
+        raise InvalidJobError(f"unknown task {task_name!r}")
+    return validate_job(operation, kwargs)
+
+
+def stamp_timestamp(operation: str, kwargs: dict[str, Any], now: datetime | None = None) -> bool:
+    """Set ``message.timestamp`` (ms precision, UTC) in place if the job has none.
+
+    Returns True when it stamped. Only operations whose message Fin de-duplicates are stamped.
+    """
+    if operation not in MESSAGE_OPERATIONS:
+        return False
+    message = kwargs.get("message")
+    if not isinstance(message, dict):
+        return False
+    if message.get("timestamp") or message.get("timestamp_ms"):
+        return False
+    message["timestamp"] = format_fin_time(now or datetime.now(UTC))
+    return True
+
+
+def request_summary(body: dict[str, Any]) -> dict[str, Any]:
+    """What a published envelope may say about a request: no attachment data, no message body.
+
+    Attachment *names and types* are kept; ``data`` never leaves; message bodies (customer data)
+    are reduced to their length.
+    """
+    summary: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "attachments" and isinstance(value, list):
+            summary[key] = [
+                {k: v for k, v in a.items() if k in ("type", "name", "content_type", "url")}
+                for a in value
+                if isinstance(a, dict)
+            ]
+        elif key == "message" and isinstance(value, dict):
+            summary[key] = {k: v for k, v in value.items() if k != "body"}
+            if isinstance(value.get("body"), str):
+                summary[key]["body_chars"] = len(value["body"])
+        elif key == "user" and isinstance(value, dict):
+            summary[key] = {"id": value.get("id")}
+        elif key == "conversation_metadata" and isinstance(value, dict):
+            summary[key] = {
+                "history_items": len(value.get("history") or []),
+                "attributes": sorted((value.get("attributes") or {}).keys()),
+            }
+        elif key in ("remark", "context") and isinstance(value, str):
+            summary[f"{key}_chars"] = len(value)
+        elif key == "message" and isinstance(value, str):  # /fin/escalate's message is text
+            summary["message_chars"] = len(value)
+        else:
+            summary[key] = value
+    return summary
+
+
+def dead_letter(
+    pipe: Any,
+    names: Names,
+    *,
+    dead_id: str,
+    envelope_id: str,
+    kind: str,
+    task: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    reason: str,
+    conversation_id: str | None,
+    data: dict[str, Any],
+    maxlen: int,
+) -> Envelope:
+    """Queue a dead letter on a redis-py pipeline; return its envelope.
+
+    * ``{ns}:deadpayload:{dead_id}`` keeps the original task, id, queue and kwargs (for replay;
+      may contain attachment data, so it is never published);
+    * ``{ns}:dead`` (stream + channel) and the conversation channel get an envelope of type
+      ``job.dead`` or ``event.dead`` whose ``data`` has ``reason``, ``dead_id``, ``task``,
+      ``task_id`` and the caller's ``data`` (which must hold no attachment data).
+    """
+    payload = {
+        "task": task,
+        "task_id": task_id,
+        "queue": TASK_QUEUES.get(task, ""),
+        "kwargs": kwargs,
+    }
+    pipe.set(names.dead_payload(dead_id), json.dumps(payload, separators=(",", ":")))
+    envelope = Envelope.now(
+        id=envelope_id,
+        type=kind,
+        conversation_id=conversation_id,
+        data={"reason": reason, "dead_id": dead_id, "task": task, "task_id": task_id, **data},
+    )
+    add_publish(pipe, names, names.dead, envelope, maxlen=maxlen)
+    return envelope
+
+
+__all__ = [
+    "CALL_TASKS",
+    "DEAD_EVENT",
+    "DEAD_JOB",
+    "PROCEDURE_KWARG",
+    "RELAY_KWARG",
+    "JobOptions",
+    "ValidatedJob",
+    "dead_letter",
+    "request_summary",
+    "stamp_timestamp",
+    "validate_job",
+    "validate_task",
+]
