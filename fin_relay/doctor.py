@@ -1,0 +1,272 @@
+"""``fin-relay doctor``: check a deployment and say how to fix each problem.
+
+Checks configuration, Redis (reachability, persistence, eviction policy), the broker's
+visibility timeout against the longest retry delay, late acks, the Fin base URL and token (with
+one harmless request: ``POST /fin/reply`` with an empty body, which Fin answers 401 for a bad
+token and 400 for a good one, creating nothing), and the webhook secrets. Exit code 1 when any
+problem is found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+
+from fin_relay.contract.errors import ConfigurationError
+from fin_relay.contract.settings import (
+    CommonSettings,
+    IngestSettings,
+    WorkerSettings,
+    load,
+)
+
+OK, WARN, PROBLEM = "ok", "warn", "problem"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
+        self.checks.append(Check(name, status, detail, fix))
+
+    @property
+    def problems(self) -> list[Check]:
+        return [c for c in self.checks if c.status == PROBLEM]
+
+
+def _load(cls: type[Any], report: Report, name: str) -> Any:
+    try:
+        settings = load(cls)
+    except ConfigurationError as exc:
+        report.add(name, PROBLEM, str(exc), "set the variable in the environment or .env")
+        return None
+    report.add(name, OK, "configuration valid")
+    return settings
+
+
+def check_redis(settings: CommonSettings, report: Report) -> redis.Redis | None:
+    client: redis.Redis = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.fin_relay_redis_timeout_s,
+        socket_connect_timeout=settings.fin_relay_redis_timeout_s,
+        decode_responses=True,
+    )
+    try:
+        info = client.info()
+    except redis.RedisError as exc:
+        report.add(
+            "redis",
+            PROBLEM,
+            f"cannot reach Redis: {type(exc).__name__}",
+            "start Redis or fix REDIS_URL (redis://host:port/db, rediss:// for TLS)",
+        )
+        return None
+    report.add("redis", OK, f"Redis {info.get('redis_version')} reachable")
+    try:
+        config = client.config_get("maxmemory-policy")
+        policy = config.get("maxmemory-policy", "?")
+        aof = client.config_get("appendonly").get("appendonly", "no")
+        save = client.config_get("save").get("save", "")
+    except redis.ResponseError:
+        report.add(
+            "redis.config",
+            WARN,
+            "CONFIG GET is disabled (managed Redis?): cannot check",
+            "make sure maxmemory-policy is noeviction and persistence (AOF) is on",
+        )
+        return client
+    if policy != "noeviction":
+        report.add(
+            "redis.eviction",
+            PROBLEM,
+            f"maxmemory-policy is {policy}: Redis may silently drop queued jobs and state",
+            "set maxmemory-policy noeviction (redis.conf or CONFIG SET)",
+        )
+    else:
+        report.add("redis.eviction", OK, "maxmemory-policy noeviction")
+    if aof != "yes" and not save:
+        report.add(
+            "redis.persistence",
+            PROBLEM,
+            "no persistence (appendonly no, no RDB save): a restart loses every queued job",
+            "set appendonly yes (appendfsync everysec or always)",
+        )
+    elif aof != "yes":
+        report.add(
+            "redis.persistence",
+            WARN,
+            "RDB snapshots only: a crash loses recent jobs",
+            "set appendonly yes",
+        )
+    else:
+        report.add("redis.persistence", OK, "AOF on")
+    return client
+
+
+def check_worker(settings: WorkerSettings, report: Report) -> None:
+    longest = settings.fin_relay_retry_deadline_s + settings.fin_relay_backoff_max_s
+    hold = settings.fin_relay_sequence_hold_max_s
+    vt = settings.fin_relay_visibility_timeout_s
+    if settings.broker_is_redis and vt <= max(longest, hold, settings.fin_relay_task_time_limit_s):
+        report.add(
+            "broker.visibility_timeout",
+            PROBLEM,
+            f"visibility timeout {vt:.0f}s <= the longest retry/hold/task time "
+            f"({max(longest, hold, settings.fin_relay_task_time_limit_s):.0f}s): "
+            "Celery would run a task twice",
+            "raise FIN_RELAY_VISIBILITY_TIMEOUT_S or lower the retry deadline",
+        )
+    else:
+        report.add(
+            "broker.visibility_timeout",
+            OK,
+            f"{vt:.0f}s > longest retry delay {longest:.0f}s"
+            if settings.broker_is_redis
+            else "broker is not Redis: no visibility-timeout redelivery",
+        )
+    try:
+        from fin_relay.worker.app import app
+
+        conf = app.conf
+        late = bool(conf.task_acks_late) and bool(conf.task_reject_on_worker_lost)
+        prefetch = conf.worker_prefetch_multiplier
+    except Exception as exc:
+        report.add("worker.celery", WARN, f"cannot load the Celery app: {exc}", "")
+        return
+    if not late:
+        report.add(
+            "worker.acks_late",
+            PROBLEM,
+            "late acks are off: a killed worker loses its job",
+            "keep task_acks_late and task_reject_on_worker_lost on",
+        )
+    else:
+        report.add("worker.acks_late", OK, f"late acks on, prefetch {prefetch}")
+
+
+def check_fin(settings: WorkerSettings, report: Report, *, offline: bool) -> None:
+    if offline:
+        report.add("fin", WARN, "skipped (--offline)", "")
+        return
+    url = f"{settings.fin_api_base_url}/fin/reply"
+    headers = {
+        "Authorization": f"Bearer {settings.fin_api_token.get_secret_value()}",
+        "Intercom-Version": settings.fin_api_version,
+        "Accept": "application/json",
+    }
+    try:
+        resp = httpx.post(url, json={}, headers=headers, timeout=5.0)
+    except httpx.HTTPError as exc:
+        report.add(
+            "fin.reachable",
+            PROBLEM,
+            f"cannot reach {settings.fin_api_base_url}: {type(exc).__name__}",
+            "check FIN_API_BASE_URL and outbound network access",
+        )
+        return
+    report.add("fin.reachable", OK, f"{settings.fin_api_base_url} answered {resp.status_code}")
+    if resp.status_code == 400 and "intercom_version_invalid" in resp.text:
+        report.add(
+            "fin.version",
+            PROBLEM,
+            f"Intercom-Version {settings.fin_api_version} rejected",
+            "set FIN_API_VERSION to 2.14 or later (or Preview)",
+        )
+    elif resp.status_code == 401:
+        report.add(
+            "fin.token",
+            PROBLEM,
+            "Fin rejected the token (401)",
+            "generate a new Fin Agent API key (it is regenerated when scopes change) "
+            "and set FIN_API_TOKEN",
+        )
+    elif resp.status_code in (400, 422):
+        report.add(
+            "fin.token",
+            OK,
+            "token accepted (harmless empty /fin/reply answered "
+            f"{resp.status_code}; nothing was created)",
+        )
+    else:
+        report.add("fin.token", WARN, f"unexpected answer {resp.status_code}", "")
+
+
+def check_secrets(settings: IngestSettings, report: Report) -> None:
+    secrets = settings.webhook_secrets
+    short = [s for s in secrets if len(s) < 16]
+    if short:
+        report.add(
+            "ingest.secrets",
+            WARN,
+            f"{len(short)} of {len(secrets)} secrets are shorter than 16 characters",
+            "use the signing secret from Fin's settings page",
+        )
+    else:
+        report.add("ingest.secrets", OK, f"{len(secrets)} webhook secret(s) configured")
+
+
+def diagnose(*, offline: bool = False) -> Report:
+    report = Report()
+    common = _load(CommonSettings, report, "config.common")
+    if common is not None:
+        check_redis(common, report)
+    worker = _load(WorkerSettings, report, "config.worker")
+    if worker is not None:
+        check_worker(worker, report)
+        check_fin(worker, report, offline=offline)
+    ingest = _load(IngestSettings, report, "config.ingest")
+    if ingest is not None:
+        check_secrets(ingest, report)
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--offline", action="store_true", help="do not call Fin")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--only",
+        choices=["worker", "ingest"],
+        help="check one component's needs only (the other's config is skipped)",
+    )
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    report = diagnose(offline=args.offline)
+    checks = report.checks
+    if args.only == "worker":
+        checks = [c for c in checks if not c.name.startswith(("config.ingest", "ingest."))]
+    elif args.only == "ingest":
+        checks = [
+            c
+            for c in checks
+            if not c.name.startswith(("config.worker", "worker.", "fin", "broker."))
+        ]
+    if args.json:
+        out(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        marks = {OK: "ok     ", WARN: "warn   ", PROBLEM: "PROBLEM"}
+        for c in checks:
+            out(f"{marks[c.status]} {c.name}: {c.detail}")
+            if c.status != OK and c.fix:
+                out(f"        fix: {c.fix}")
+    problems = [c for c in checks if c.status == PROBLEM]
+    if not args.json:
+        out(f"{len(problems)} problem(s) found" if problems else "no problems found")
+    sys.stdout.flush()
+    return 1 if problems else 0

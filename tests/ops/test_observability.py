@@ -1,0 +1,130 @@
+"""Sentry scrubbing (events captured in-process) and metrics exposition."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+import sentry_sdk
+
+from fin_relay import observability
+from fin_relay.contract.settings import IngestSettings, WorkerSettings, load
+
+TOKEN = "fin_token_SUPERSECRET_42"
+SECRETS = "whsec_alpha_one,whsec_beta_two"
+DSN = "https://publickey123@o0.ingest.sentry.io/1"
+CUSTOMER_TEXT = "my card number is 4111 1111 1111 1111"
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:  # old-style function transport
+        self.events.append(event)
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("FIN_API_TOKEN", TOKEN)
+    monkeypatch.setenv("FIN_WEBHOOK_SECRETS", SECRETS)
+    monkeypatch.setenv("SENTRY_DSN", DSN)
+    yield
+    sentry_sdk.init()  # disable again
+
+
+def _capture_with(component: str, settings: Any) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+
+    class T(sentry_sdk.transport.Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            for item in envelope.items:
+                payload = item.payload.json
+                if payload is not None:
+                    events.append(payload)
+
+    assert observability.init_sentry(settings, component, transport=T())
+    kwargs = {
+        "message": {"author": "user", "body": CUSTOMER_TEXT},
+        "attachments": [{"type": "file", "data": "BASE64DATA=="}],
+    }
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Fin-Agent-API-Webhook-Signature": "sha256=" + "ab" * 32,
+    }
+    token_local = TOKEN  # noqa: F841 - local variables must not be sent
+    body_local = CUSTOMER_TEXT  # noqa: F841
+    try:
+        # fin-relay never formats message bodies into exception text; tokens it can scrub by value
+        raise RuntimeError(f"call failed with token {TOKEN}")
+    except RuntimeError:
+        with sentry_sdk.new_scope() as scope:
+            scope.set_extra("kwargs", kwargs)
+            scope.set_extra("headers", headers)
+            scope.set_context(
+                "celery-job", {"task_name": "fin.reply", "args": [], "kwargs": kwargs}
+            )
+            sentry_sdk.capture_exception()
+    logging.getLogger("t").error("secret %s in a log", SECRETS.split(",")[1])
+    observability.alert("401 from Fin", token_hint=TOKEN[:4])
+    sentry_sdk.flush()
+    return events
+
+
+def test_nothing_secret_leaves(captured: Any) -> None:
+    for cls, component in ((WorkerSettings, "worker"), (IngestSettings, "ingest")):
+        events = _capture_with(component, load(cls))
+        assert events, "no event captured"
+        text = json.dumps(events)
+        for needle in (
+            TOKEN,
+            "whsec_alpha_one",
+            "whsec_beta_two",
+            "publickey123",
+            CUSTOMER_TEXT,
+            "BASE64DATA==",
+            "ab" * 32,
+        ):
+            assert needle not in text, (component, needle)
+        assert "call failed" in text  # the event itself is there, only scrubbed
+
+
+def test_sentry_off_without_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("FIN_API_TOKEN", TOKEN)
+    assert not observability.init_sentry(load(WorkerSettings), "worker")
+
+
+def test_metrics_exposition_lists_documented_metrics() -> None:
+    observability.CALLS.labels("start", "succeeded").inc()
+    observability.DEDUP_HITS.inc()
+    text = observability.metrics_payload().decode()
+    for name in (
+        "fin_relay_calls_total",
+        "fin_relay_http_429_total",
+        "fin_relay_retries_total",
+        "fin_relay_limiter_wait_seconds",
+        "fin_relay_quota_remaining",
+        "fin_relay_dead_letters_total",
+        "fin_relay_webhooks_total",
+        "fin_relay_dedup_hits_total",
+        "fin_relay_event_ingest_to_publish_seconds",
+        "fin_relay_queue_depth",
+        "fin_relay_sequence_hold_overruns_total",
+    ):
+        assert name in text
+    assert 'fin_relay_calls_total{operation="start",outcome="succeeded"}' in text
+
+
+def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    observability.configure_logging("INFO", json_lines=True)
+    logging.getLogger("fin_relay.test").info(
+        "job done", extra={"job_id": "j1", "conversation_id": "c1"}
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["msg"] == "job done" and record["job_id"] == "j1"
+    assert record["conversation_id"] == "c1" and record["level"] == "info"
