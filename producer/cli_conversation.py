@@ -1,0 +1,53 @@
+"""``fin-relay conversation show ID``: one conversation's state as fin-relay last saw it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from fin_relay.contract.conversation import ConversationState
+from fin_relay.contract.errors import BrokerUnavailableError
+from fin_relay.contract.settings import ProducerSettings, load
+from fin_relay.producer.enqueue import Producer
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = sub.add_parser("show", help="last Fin status, turn in progress, escalated, resolved")
+    show.add_argument("conversation_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+
+
+def _ms(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def render(state: ConversationState) -> str:
+    if state.status is None and state.updated_at_ms is None:
+        return f"conversation {state.conversation_id}: no state (fin-relay has not seen it)"
+    rows = [
+        ("conversation", state.conversation_id),
+        ("status", state.status or "-"),
+        ("turn in progress", "yes" if state.turn_in_progress else "no"),
+        ("escalated", "yes" if state.escalated else "no"),
+        ("resolved", "yes" if state.resolved else "no"),
+        ("updated at", _ms(state.updated_at_ms)),
+        ("turn started at", _ms(state.turn_started_at_ms)),
+        ("last Fin event at", state.last_event_at or "-"),
+    ]
+    return "\n".join(f"{k:<18} {v}" for k, v in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    with Producer(load(ProducerSettings)) as producer:
+        try:
+            state = producer.get_conversation(args.conversation_id)
+        except BrokerUnavailableError as exc:
+            print(f"fin-relay conversation: {exc}", file=sys.stderr)
+            return 3
+    print(json.dumps(state.as_dict()) if args.json else render(state))
+    return 0

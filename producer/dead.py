@@ -1,0 +1,135 @@
+"""Dead letters: list, show, replay and purge entries of ``{ns}:dead``.
+
+A dead letter is an envelope on ``{ns}:dead`` (``job.dead`` or ``event.dead``, ``data.dead_id``)
+plus ``{ns}:deadpayload:{dead_id}``: the original task, task id, queue and keyword arguments
+(``contract.jobs.dead_letter``). Replay re-enqueues that exact job with its original ids:
+
+* a call job: its job hash is reset first (``contract.jobs.prepare_replay``: the terminal
+  ``outcome`` and the sequencing fields are cleared, ``run`` is bumped so the new result
+  envelopes get new ids; ``dead_entry`` is kept). The worker deletes the dead entry (and its
+  payload) once the replayed job succeeds; a replay that fails again is dead-lettered again.
+* an event (``fin.event``): re-enqueued, and its old dead entry removed now (the worker has
+  no success hook for events; if it fails again it is dead-lettered afresh).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.jobs import prepare_replay
+from fin_relay.contract.names import CALL_TASKS, TASK_EVENT
+from fin_relay.producer.enqueue import Producer
+from fin_relay.producer.handle import JobHandle
+from fin_relay.producer.prepare import build
+from fin_relay.producer.transport import redis_errors
+
+_BATCH = 500
+
+
+class DeadLetterError(LookupError):
+    """No such dead letter, or its payload is gone (purged, or expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead stream."""
+
+    entry_id: str
+    envelope: Envelope
+
+    @property
+    def dead_id(self) -> str:
+        return str(self.envelope.data.get("dead_id") or self.entry_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def iter_dead(client: redis.Redis, stream: str) -> Iterator[DeadLetter]:
+    """Every readable entry of the dead stream, oldest first (read in batches)."""
+    start = "-"
+    while True:
+        with redis_errors():
+            entries: Any = client.xrange(stream, min=start, count=_BATCH)
+        for entry_id, fields in entries:
+            try:
+                yield DeadLetter(_text(entry_id), Envelope.from_stream_fields(fields))
+            except ValueError:
+                continue
+        if len(entries) < _BATCH:
+            return
+        start = "(" + _text(entries[-1][0])
+
+
+def find(client: redis.Redis, stream: str, ident: str) -> list[DeadLetter]:
+    """Entries whose dead id (job/event id) or stream entry id is ``ident``."""
+    return [d for d in iter_dead(client, stream) if ident in (d.dead_id, d.entry_id)]
+
+
+def payload(client: redis.Redis, producer: Producer, dead_id: str) -> dict[str, Any]:
+    """The original job: ``{"task", "task_id", "queue", "kwargs"}``."""
+    with redis_errors():
+        raw = client.get(producer.names.dead_payload(dead_id))
+    if raw is None:
+        raise DeadLetterError(f"no payload for dead letter {dead_id!r} (purged or expired)")
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not isinstance(value.get("kwargs"), dict):
+        raise DeadLetterError(f"unreadable payload for dead letter {dead_id!r}")
+    return value
+
+
+def replay(producer: Producer, dead_id: str) -> JobHandle:
+    """Re-enqueue the dead job/event ``dead_id`` with its original task id."""
+    client = producer.redis_client
+    original = payload(client, producer, dead_id)
+    task, task_id = str(original["task"]), str(original["task_id"])
+    if task not in (*CALL_TASKS.values(), TASK_EVENT):
+        raise DeadLetterError(f"dead letter {dead_id!r} has an unknown task {task!r}")
+    job = build(
+        task,
+        original["kwargs"],
+        job_id=task_id,
+        caller_chose_id=False,
+        queue=original.get("queue") or None,
+    )
+    if task in CALL_TASKS.values():
+        with redis_errors():
+            pipe = client.pipeline(transaction=True)
+            prepare_replay(pipe, producer.names, task_id)
+            pipe.execute()
+    handle = producer.publish(job, idempotent=False)
+    if task == TASK_EVENT:
+        remove(client, producer, find(client, producer.names.dead, dead_id), keep_payload=True)
+    return handle
+
+
+def remove(
+    client: redis.Redis, producer: Producer, letters: list[DeadLetter], *, keep_payload: bool
+) -> int:
+    """XDEL ``letters`` (and their payloads unless ``keep_payload``); return how many."""
+    if not letters:
+        return 0
+    with redis_errors():
+        pipe = client.pipeline(transaction=True)
+        pipe.xdel(producer.names.dead, *[d.entry_id for d in letters])
+        if not keep_payload:
+            for dead_id in {d.dead_id for d in letters}:
+                pipe.delete(producer.names.dead_payload(dead_id))
+        pipe.execute()
+    return len(letters)
+
+
+def purge_all(client: redis.Redis, producer: Producer) -> int:
+    """Remove every dead letter and payload (consumer groups on the stream are kept)."""
+    letters = list(iter_dead(client, producer.names.dead))
+    removed = remove(client, producer, letters, keep_payload=False)
+    with redis_errors():
+        client.xtrim(producer.names.dead, maxlen=0)
+    return removed
