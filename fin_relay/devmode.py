@@ -1,0 +1,374 @@
+"""``fin-relay dev``: everything on one machine, and a demo conversation shown live.
+
+Starts an embedded Redis (or uses ``--redis-url``), the Fin simulator (callback pointed at the
+ingest, a generated secret shared by both; or a real Fin with ``--fin-base-url``/``--fin-token``),
+the webhook ingest and a worker as child processes; runs a demo conversation
+(start -> Fin replies -> user replies -> resolved -> CSAT) and prints each call and event with
+its timing; then keeps running until Ctrl-C, which stops every child cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from fin_relay.contract import celery_wire
+from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.jobs import stamp_timestamp
+from fin_relay.contract.names import CALL_TASKS, TASK_QUEUES, Names
+from fin_relay.embedded_redis import EmbeddedRedis, free_port, port_is_free
+
+DEMO_USER = {"id": "demo-user-1", "name": "Ada Lovelace", "email": "ada@example.com"}
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if fin-relay dev dies, so nothing is left running."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class DevStack:
+    """The processes of one ``fin-relay dev`` run; :meth:`stop` ends them all."""
+
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+    redis_server: EmbeddedRedis | None = None
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - no threads exist in the parent yet
+        )
+        log.close()
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                tail = child.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"{child.name} exited with code {code}:\n  " + "\n  ".join(tail))
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait(timeout=5)
+        self.children.clear()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
+
+
+def pick_port(preferred: int, what: str, out: Any) -> int:
+    if preferred and port_is_free(preferred):
+        return preferred
+    port = free_port()
+    if preferred:
+        out(f"  port {preferred} for the {what} is taken; using {port} instead")
+    return port
+
+
+def wait_http(url: str, child: Child, stack: DevStack, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{child.name} did not answer at {url} within {timeout_s:.0f}s (log: {child.log_path})"
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-demo", action="store_true", help="start everything, skip the demo")
+    parser.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    parser.add_argument("--fin-base-url", help="a real Fin API base URL instead of the simulator")
+    parser.add_argument("--fin-token", help="the token for --fin-base-url (or FIN_API_TOKEN)")
+    parser.add_argument("--ingest-port", type=int, default=8000)
+    parser.add_argument("--simulator-port", type=int, default=8090)
+    parser.add_argument("--namespace", default="fin")
+    parser.add_argument(
+        "--reply-delay-ms",
+        type=int,
+        default=400,
+        help="simulated time Fin takes before its webhooks",
+    )
+    parser.add_argument(
+        "--exit-after-demo",
+        action="store_true",
+        help="stop everything once the demo finished (scripts and tests)",
+    )
+    parser.add_argument("--log-dir", default=".fin-relay/logs")
+
+
+def _env(base: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if not k.startswith(("FIN_", "REDIS_URL"))}
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_stack(args: argparse.Namespace, out: Any) -> tuple[DevStack, dict[str, str]]:
+    log_dir = Path(args.log_dir).resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = DevStack(log_dir=log_dir)
+    t0 = time.monotonic()
+    if args.redis_url:
+        redis_url = args.redis_url
+        out(f"  redis      {redis_url} (yours)")
+    else:
+        stack.redis_server = EmbeddedRedis(appendonly=False).start()
+        redis_url = stack.redis_server.url
+        out(f"  redis      {redis_url} (embedded, {stack.redis_server.origin})")
+    py = [sys.executable, "-m", "fin_relay.cli"]
+    secret = secrets.token_hex(16)
+    ingest_port = pick_port(args.ingest_port, "ingest", out)
+    callback = f"http://127.0.0.1:{ingest_port}/webhooks/fin"
+    if args.fin_base_url:
+        token = args.fin_token or os.environ.get("FIN_API_TOKEN", "")
+        if not token:
+            raise RuntimeError("--fin-base-url needs --fin-token or FIN_API_TOKEN")
+        base_url = args.fin_base_url
+        out(
+            f"  fin        {base_url} (real Fin: its webhooks cannot reach {callback}; "
+            "point your callback URL at a public tunnel to it)"
+        )
+    else:
+        token = "dev-" + secrets.token_hex(8)
+        sim_port = pick_port(args.simulator_port, "simulator", out)
+        base_url = f"http://127.0.0.1:{sim_port}"
+        sim = stack.spawn(
+            "simulator",
+            [
+                *py,
+                "simulator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(sim_port),
+                "--token",
+                token,
+                "--secret",
+                secret,
+                "--callback-url",
+                callback,
+                "--reply-delay-ms",
+                str(args.reply_delay_ms),
+            ],
+            _env(dict(os.environ)),
+        )
+        wait_http(f"{base_url}/_sim/requests", sim, stack)
+        out(f"  simulator  {base_url} (Fin Agent API simulator)")
+    env = _env(
+        dict(os.environ),
+        REDIS_URL=redis_url,
+        FIN_RELAY_NAMESPACE=args.namespace,
+        FIN_API_TOKEN=token,
+        FIN_API_BASE_URL=base_url,
+        FIN_WEBHOOK_SECRETS=secret,
+        FIN_RELAY_ENVIRONMENT="development",
+    )
+    ingest = stack.spawn(
+        "ingest", [*py, "ingest", "--host", "127.0.0.1", "--port", str(ingest_port)], env
+    )
+    worker = stack.spawn("worker", [*py, "worker", "--concurrency", "8"], env)
+    wait_http(f"http://127.0.0.1:{ingest_port}/healthz", ingest, stack)
+    out(f"  ingest     {callback}")
+    out(f"  worker     pid {worker.proc.pid} (logs in {log_dir})")
+    out(f"  ready in {time.monotonic() - t0:.1f}s")
+    return stack, {"REDIS_URL": redis_url, "FIN_RELAY_NAMESPACE": args.namespace}
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+def enqueue(client: redis.Redis, operation: str, kwargs: dict[str, Any]) -> str:
+    stamp_timestamp(operation, kwargs)
+    task = CALL_TASKS[operation]
+    job_id, payload = celery_wire.task_message(task, kwargs)
+    client.lpush(TASK_QUEUES[task], payload)
+    return job_id
+
+
+def _short(envelope: Envelope) -> str:
+    data = envelope.data
+    if envelope.type == "fin_replied":
+        body = re.sub(r"<[^>]+>", "", str(data.get("message", {}).get("body", "")))
+        return f"Fin: “{body[:70]}”"
+    if envelope.type == "fin_status_updated":
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        return f"status → {data.get('status')}{reason}"
+    if envelope.type == "csat_requested":
+        return "Fin asks for a rating"
+    if envelope.type.startswith("call."):
+        resp = data.get("response") or {}
+        status = resp.get("status") if isinstance(resp, dict) else None
+        extra = f" status={status}" if status else ""
+        return (
+            f"{data.get('operation')} job={str(data.get('job_id'))[:8]} "
+            f"attempts={data.get('attempts')} latency={data.get('latency_ms')}ms{extra}"
+        )
+    return json.dumps(data)[:80]
+
+
+def tail(client: Any, names: Names, conversation_id: str, timeout_s: float) -> Iterator[Envelope]:
+    streams: dict[str, str] = {names.results: "$", names.events: "$"}
+    # capture positions now so nothing published after this point is missed
+    for stream in list(streams):
+        last = client.xrevrange(stream, count=1)
+        streams[stream] = last[0][0] if last else "0-0"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = client.xread(streams, block=500, count=100)
+        for stream, entries in got or []:
+            for entry_id, fields in entries:
+                streams[stream] = entry_id
+                envelope = Envelope.from_stream_fields(fields)
+                if envelope.conversation_id == conversation_id:
+                    yield envelope
+
+
+def run_demo(client: redis.Redis, names: Names, out: Any, timeout_s: float = 60.0) -> bool:
+    conversation_id = f"demo-{uuid.uuid4().hex[:8]}"
+    out(f"\ndemo conversation {conversation_id}")
+    t0 = time.monotonic()
+
+    def show(arrow: str, text: str) -> None:
+        out(f"  {time.monotonic() - t0:6.2f}s {arrow} {text}")
+
+    events = tail(client, names, conversation_id, timeout_s)
+    first = "How can I see my account details?"
+    enqueue(
+        client,
+        "start",
+        {
+            "conversation_id": conversation_id,
+            "user": dict(DEMO_USER),
+            "message": {"author": "user", "body": first},
+        },
+    )
+    show("→", f"enqueue fin.start  “{first}”")
+    replied = csat = False
+    for envelope in events:
+        show("←", f"{envelope.type:<18} {_short(envelope)}")
+        status = envelope.data.get("status")
+        if envelope.type.startswith("call.") and envelope.type != "call.succeeded":
+            out("  the demo call did not succeed; see the worker log")
+            return False
+        if status == "awaiting_user_reply" and not replied and envelope.type != "call.succeeded":
+            replied = True
+            text = "Thanks, that solved it!"
+            enqueue(
+                client,
+                "reply",
+                {
+                    "conversation_id": conversation_id,
+                    "user": dict(DEMO_USER),
+                    "message": {"author": "user", "body": text},
+                },
+            )
+            show("→", f"enqueue fin.reply  “{text}”")
+        if envelope.type == "csat_requested" and not csat:
+            csat = True
+            enqueue(client, "csat", {"conversation_id": conversation_id, "rating": "amazing"})
+            show("→", "enqueue fin.csat   rating=amazing")
+        if envelope.type == "call.succeeded" and envelope.data.get("operation") == "csat":
+            out(
+                f"demo finished in {time.monotonic() - t0:.2f}s: start → Fin replied → reply → "
+                "resolved → complete → CSAT rated"
+            )
+            return True
+    out("the demo did not finish in time; see the logs")
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    out("fin-relay dev: starting")
+    stop_requested = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    stack: DevStack | None = None
+    try:
+        stack, env = start_stack(args, out)
+        names = Names(args.namespace)
+        client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        ok = True
+        if not args.no_demo:
+            ok = run_demo(client, names, out)
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        out("\nfin-relay is running. From another terminal:")
+        out(f"  {exports} fin-relay watch")
+        out(
+            f"  {exports} fin-relay enqueue start --conversation-id c1 --user-id u1 "
+            "--message 'I need help'"
+        )
+        out("Ctrl-C stops everything.")
+        if args.exit_after_demo:
+            return 0 if ok else 1
+        while not stop_requested:
+            stack.check_alive()
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        out("\nstopping…")
+        return 0
+    except RuntimeError as exc:
+        out(f"fin-relay dev: {exc}")
+        return 1
+    finally:
+        if stack is not None:
+            stack.stop()
+            out("all processes stopped")
