@@ -1,0 +1,345 @@
+"""The webhook ingest: a raw ASGI app (no framework).
+
+baseline.md 4c measured the framework tax on this exact endpoint: Starlette 0.78x and FastAPI
+0.55x of raw ASGI, so the few routes are dispatched by hand. A webhook goes through a chain of
+small named steps, each of which either passes or raises :class:`Rejected`:
+
+``check_headers`` (413 by Content-Length, 415) → ``read_body`` (413 while streaming) →
+``verify`` (401) → ``parse_body`` (400; no ``event_name`` = test ping → 200) → ``check_replay``
+(400 ``event_too_old``) → ``dedup_key`` → enqueue (atomic with the de-dup mark; 503 when Redis
+cannot confirm in time) → 202 new / 200 duplicate. Any other exception → 500, logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from fin_relay.contract.errors import BrokerUnavailableError
+from fin_relay.contract.names import Names
+from fin_relay.contract.settings import IngestSettings, load
+from fin_relay.webhook_ingest.accesslog import AccessLog
+from fin_relay.webhook_ingest.enqueue import Enqueuer, RedisEnqueuer, redis_client
+from fin_relay.webhook_ingest.events import (
+    Event,
+    Rejected,
+    check_replay,
+    dedup_key,
+    event_json,
+    parse_body,
+)
+from fin_relay.webhook_ingest.verify import verify_signature
+
+log = logging.getLogger("fin_relay.webhook_ingest")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+WEBHOOK_PATH = "/webhooks/fin"
+RETRY_AFTER_S = 5
+_MAX_LOGGED_ID = 128
+_JSON = (b"content-type", b"application/json")
+_SIG = b"x-fin-agent-api-webhook-signature"
+
+
+class _Disconnected(Exception):
+    """The client went away before the body was read; nothing is answered or enqueued."""
+
+
+def _body(text: str) -> bytes:
+    return text.encode()
+
+
+_ACCEPTED = _body('{"status":"accepted"}')
+_DUPLICATE = _body('{"status":"duplicate"}')
+_IGNORED = _body('{"status":"ignored"}')
+_OK = _body('{"status":"ok"}')
+_LENGTHS = {n: str(n).encode() for n in range(64)}
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
+) -> None:
+    """Send a complete JSON response (``head``: headers only, Content-Length kept)."""
+    all_headers = [_JSON, (b"content-length", _LENGTHS.get(len(body)) or str(len(body)).encode())]
+    if headers:
+        all_headers += headers
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def error_body(code: str) -> bytes:
+    """``{"error": code}`` (codes are fixed ASCII identifiers)."""
+    return _body(f'{{"error":"{code}"}}')
+
+
+def check_headers(scope: Scope, max_body_bytes: int) -> tuple[int | None, bytes | None]:
+    """Content type must be JSON (415); a declared length over the cap is refused (413).
+
+    Returns ``(content_length or None, signature header or None)``. A repeated signature header
+    counts as no valid signature.
+    """
+    ctype: bytes | None = None
+    length: bytes | None = None
+    signature: bytes | None = None
+    sig_count = 0
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            ctype = value
+        elif name == b"content-length":
+            length = value
+        elif name == _SIG:
+            signature = value
+            sig_count += 1
+    content_length: int | None = None
+    if length is not None:
+        if not length.isdigit() or len(length) > 20:
+            raise Rejected(400, "invalid_content_length")
+        content_length = int(length)
+        if content_length > max_body_bytes:
+            raise Rejected(413, "body_too_large")
+    if ctype is None or ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise Rejected(415, "unsupported_media_type")
+    return content_length, (signature if sig_count == 1 else None)
+
+
+async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
+    """Read the request body, refusing (413) as soon as it grows past the cap."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise Rejected(413, "body_too_large")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Outcome:
+    """What the access log records about one webhook."""
+
+    __slots__ = ("conversation_id", "dedup", "error", "event_name")
+
+    def __init__(self) -> None:
+        self.event_name: str | None = None
+        self.conversation_id: str | None = None
+        self.dedup: str | None = None
+        self.error: str | None = None
+
+    def describe(self, event: Event) -> None:
+        self.event_name = event.name[:_MAX_LOGGED_ID] if event.name else None
+        cid = event.conversation_id
+        self.conversation_id = cid[:_MAX_LOGGED_ID] if cid else None
+
+
+class IngestApp:
+    """The ASGI application. Build with :func:`create_app` (settings from the environment).
+
+    ``enqueuer`` overrides the default (Redis Lua or kombu, by broker); ``extra_routes`` maps
+    ``path`` to an ASGI callable for additional read-only endpoints (e.g. ``/metrics``).
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        enqueuer: Enqueuer | None = None,
+        access_log: AccessLog | None = None,
+        extra_routes: Mapping[str, ASGIApp] | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.names = Names(settings.fin_relay_namespace)
+        self._secrets = tuple(settings.webhook_secrets)
+        self._max_body = settings.fin_relay_max_body_bytes
+        self._ttl_s = settings.fin_relay_dedup_ttl_s
+        self._enqueuer = enqueuer
+        self.access_log = access_log if access_log is not None else AccessLog()
+        self._extra = dict(extra_routes or {})
+        self._clock_ms = clock_ms if clock_ms is not None else _now_ms
+
+    @property
+    def enqueuer(self) -> Enqueuer:
+        """The enqueuer, created on first use (inside the serving event loop)."""
+        if self._enqueuer is None:
+            self._enqueuer = build_enqueuer(self.settings, self.names)
+        return self._enqueuer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        """Close the Redis/broker connections and flush the access log."""
+        self.access_log.flush()
+        if self._enqueuer is not None:
+            await self._enqueuer.aclose()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == WEBHOOK_PATH:
+            if method == "POST":
+                await self._webhook(scope, receive, send)
+            elif method in ("GET", "HEAD"):
+                await respond(send, 200, _OK, head=method == "HEAD")
+            else:
+                await respond(
+                    send,
+                    405,
+                    error_body("method_not_allowed"),
+                    headers=[(b"allow", b"GET, HEAD, POST")],
+                )
+        elif path == "/healthz":
+            await respond(send, 200, _OK, head=method == "HEAD")
+        elif path == "/readyz":
+            ready = await self.enqueuer.ping(min(1.0, self.settings.fin_relay_enqueue_timeout_s))
+            body = _OK if ready else error_body("redis_unavailable")
+            await respond(send, 200 if ready else 503, body, head=method == "HEAD")
+        elif path in self._extra:
+            await self._extra[path](scope, receive, send)
+        else:
+            await respond(send, 404, error_body("not_found"), head=method == "HEAD")
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        headers: list[tuple[bytes, bytes]] | None = None
+        try:
+            status, body = await self._process(scope, receive, outcome)
+        except Rejected as rejected:
+            status, body, outcome.error = rejected.status, error_body(rejected.code), rejected.code
+            if status == 413:
+                headers = [(b"connection", b"close")]
+        except BrokerUnavailableError as exc:
+            status, body, outcome.error = 503, error_body("unavailable"), "unavailable"
+            headers = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            log.debug("webhook answered 503: %s", exc)  # the enqueuer logs the cause per batch
+        except _Disconnected:
+            outcome.error = "client_disconnected"
+            self._record(scope, 499, started, outcome)
+            return
+        except Exception:
+            status, body, outcome.error = 500, error_body("internal_error"), "internal_error"
+            log.exception("webhook failed unexpectedly (answered 500, nothing enqueued)")
+        await respond(send, status, body, headers=headers)
+        self._record(scope, status, started, outcome)
+
+    def _record(self, scope: Scope, status: int, started: float, outcome: _Outcome) -> None:
+        self.access_log.record(
+            method=scope["method"],
+            path=scope["path"],
+            status=status,
+            started_s=started,
+            event_name=outcome.event_name,
+            conversation_id=outcome.conversation_id,
+            dedup=outcome.dedup,
+            error=outcome.error,
+        )
+
+    async def _process(
+        self, scope: Scope, receive: Receive, outcome: _Outcome
+    ) -> tuple[int, bytes]:
+        """The chain of steps; returns ``(status, body)`` or raises :class:`Rejected`."""
+        _length, signature = check_headers(scope, self._max_body)
+        raw = await read_body(receive, self._max_body)
+        if not verify_signature(raw, signature, self._secrets):
+            raise Rejected(401, "invalid_signature")
+        event = parse_body(raw)
+        outcome.describe(event)
+        if event.name is None:
+            log.info("signed test ping received (no event_name): answered 200, not enqueued")
+            outcome.dedup = "ping"
+            return 200, _IGNORED
+        now_ms = self._clock_ms()
+        try:
+            check_replay(event, now_ms=now_ms, ttl_s=self._ttl_s)
+        except Rejected as rejected:
+            log.warning(
+                "refused %s event %s for conversation %r",
+                rejected.code,
+                event.name,
+                outcome.conversation_id,
+            )
+            raise
+        event_id = dedup_key(event)
+        new = await self._enqueue(event_id, event, now_ms)
+        outcome.dedup = "new" if new else "duplicate"
+        return (202, _ACCEPTED) if new else (200, _DUPLICATE)
+
+    async def _enqueue(self, event_id: str, event: Event, received_at_ms: int) -> bool:
+        try:
+            return await self.enqueuer.enqueue(event_id, event_json(event), received_at_ms)
+        except UnicodeEncodeError:  # lone surrogates in a string: valid JSON, not valid text
+            raise Rejected(400, "invalid_unicode") from None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_enqueuer(settings: IngestSettings, names: Names) -> Enqueuer:
+    """The Lua enqueuer for a Redis broker, else the kombu one (e.g. RabbitMQ)."""
+    timeout_s = settings.fin_relay_enqueue_timeout_s
+    client = redis_client(settings.redis_url, timeout_s)
+    ttl_s = settings.fin_relay_dedup_ttl_s
+    if settings.broker_is_redis and settings.broker_url == settings.redis_url:
+        return RedisEnqueuer(client, names, ttl_s=ttl_s, timeout_s=timeout_s)
+    if settings.broker_is_redis:
+        # A separate Redis broker: the mark and the LPUSH must live in the same server to be
+        # atomic, so the marks go to the broker Redis too.
+        broker = redis_client(settings.broker_url, timeout_s)
+        return RedisEnqueuer(broker, names, ttl_s=ttl_s, timeout_s=timeout_s)
+    from fin_relay.webhook_ingest.kombu_enqueue import KombuEnqueuer
+
+    return KombuEnqueuer(client, names, settings.broker_url, ttl_s=ttl_s, timeout_s=timeout_s)
+
+
+def create_app(**overrides: Any) -> IngestApp:
+    """App factory (``fin_relay.webhook_ingest.app:create_app``, uvicorn ``factory=True``).
+
+    Settings come from the environment (and ``.env``); raises ``ConfigurationError`` with one
+    line naming the variable when they are invalid (e.g. no ``FIN_WEBHOOK_SECRETS``).
+    """
+    settings = load(IngestSettings, **overrides)
+    _observability(settings)
+    return IngestApp(settings)
+
+
+def _observability(settings: IngestSettings) -> None:
+    """Logging (in uvicorn's worker processes too) and Sentry when ``SENTRY_DSN`` is set."""
+    from fin_relay import observability
+
+    if not logging.getLogger().handlers:
+        observability.configure_logging(os.environ.get("FIN_RELAY_LOG_LEVEL", "info"))
+    observability.init_sentry(settings, "ingest")
