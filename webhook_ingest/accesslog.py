@@ -13,7 +13,10 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from fin_relay.webhook_ingest.metrics import RequestMetrics
 
 _ENCODE: Any = json.encoder.encode_basestring_ascii  # C-accelerated
 
@@ -45,6 +48,7 @@ class AccessLog:
         self._flush_interval_s = flush_interval_s
         self._max_buffered = max_buffered
         self._scheduled = False
+        self.metrics: RequestMetrics | None = None
 
     def record(
         self,
@@ -59,6 +63,8 @@ class AccessLog:
         error: str | None = None,
     ) -> None:
         """Buffer one access line (``started_s`` from ``time.perf_counter()``)."""
+        if self.metrics is not None:
+            self.metrics.record(status, dedup)
         if not self.enabled:
             return
         duration_ms = round((time.perf_counter() - started_s) * 1000, 3)

@@ -333,7 +333,12 @@ def create_app(**overrides: Any) -> IngestApp:
     """
     settings = load(IngestSettings, **overrides)
     _observability(settings)
-    return IngestApp(settings)
+    from fin_relay.webhook_ingest.metrics import MetricsEndpoint, RequestMetrics
+
+    broker = settings.broker_url if settings.broker_is_redis else settings.redis_url
+    app = IngestApp(settings, extra_routes={"/metrics": MetricsEndpoint(broker)})
+    app.access_log.metrics = RequestMetrics()
+    return app
 
 
 def _observability(settings: IngestSettings) -> None:

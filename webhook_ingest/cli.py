@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Inherited by uvicorn's worker processes, which configure logging in create_app().
     os.environ["FIN_RELAY_LOG_LEVEL"] = args.log_level
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics must add up every server process: prometheus_client's multi-process mode.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fin-relay-metrics-")
     from fin_relay.observability import configure_logging
 
     configure_logging(args.log_level)
