@@ -52,6 +52,10 @@ class JobOptions(BaseModel):
     metadata: dict[str, Any] | None = None
     correlation_id: str | None = None
     enqueued_at_ms: int | None = None
+    #: Per-conversation sequence number, taken at enqueue with ``INCR names.conversation_seq``
+    #: atomically with the enqueue (the producer does this). Without it the worker assigns one
+    #: at first delivery, which orders jobs by dequeue time (see docs/worker.md).
+    sequence: int | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         if self.expires_at is None:
@@ -141,6 +145,29 @@ def stamp_timestamp(operation: str, kwargs: dict[str, Any], now: datetime | None
     return True
 
 
+#: Fields of the worker's job hash (``names.job``) that a replay must reset so the job runs again.
+REPLAY_RESET_FIELDS = (
+    "outcome",
+    "seq",
+    "head_ms",
+    "first_seen_ms",
+    "ambiguous_since_ms",
+    "failures",
+)
+
+
+def prepare_replay(pipe: Any, names: Names, job_id: str) -> None:
+    """Queue the commands marking a dead job as replayed, before re-enqueueing it (same ids).
+
+    The worker treats a job whose hash records an outcome as a duplicate delivery and does not
+    call Fin again; a replay clears the outcome and bumps ``run`` (so the new result envelopes
+    get new ids). The stamped ``message.timestamp`` (``ts``) and ``dead_entry`` are kept: the
+    worker removes the dead entry once the replayed job succeeds.
+    """
+    pipe.hdel(names.job(job_id), *REPLAY_RESET_FIELDS)
+    pipe.hincrby(names.job(job_id), "run", 1)
+
+
 def request_summary(body: dict[str, Any]) -> dict[str, Any]:
     """What a published envelope may say about a request: no attachment data, no message body.
 
@@ -221,9 +248,11 @@ __all__ = [
     "DEAD_JOB",
     "PROCEDURE_KWARG",
     "RELAY_KWARG",
+    "REPLAY_RESET_FIELDS",
     "JobOptions",
     "ValidatedJob",
     "dead_letter",
+    "prepare_replay",
     "request_summary",
     "stamp_timestamp",
     "validate_job",

@@ -99,6 +99,10 @@ class Names:
         """Counter: the sequence number allowed to call Fin next."""
         return self._k("conv", conversation_id, "next")
 
+    def conversation_done(self, conversation_id: str) -> str:
+        """Sorted set: sequence numbers that finished ahead of ``next`` (so ``next`` can skip them)."""
+        return self._k("conv", conversation_id, "done")
+
     # jobs
     def job(self, job_id: str) -> str:
         """Hash: durable per-job facts (sequence number, stamped timestamp, outcome)."""
@@ -114,6 +118,11 @@ class Names:
         Dead-letter envelopes carry no attachment data; this key holds what replay needs.
         """
         return self._k("deadpayload", dead_id)
+
+    # durable consumers (producer.consumer)
+    def consumed(self, group: str) -> str:
+        """Sorted set: envelope ids a consumer group already processed (score: epoch ms)."""
+        return self._k("consumed", group)
 
     # webhook ingest
     def event_dedup(self, dedup_key: str) -> str:
@@ -142,6 +151,15 @@ class Names:
     @property
     def worker_heartbeat_prefix(self) -> str:
         return self._k("worker")
+
+    def worker_heartbeat(self, hostname: str) -> str:
+        """String (JSON, short TTL): a live worker's pid and last beat; set once it consumes."""
+        return self._k("worker", hostname)
+
+    @property
+    def worker_metrics(self) -> str:
+        """Hash of worker counters (e.g. ``sequence_hold_forced``, ``auth_pauses``)."""
+        return self._k("metrics", "worker")
 
     def all_static(self) -> dict[str, str]:
         """Every fixed name (for docs and the namespace test)."""

@@ -1,0 +1,201 @@
+"""Unit tests of the Fin HTTP client's classification (httpx.MockTransport only here)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from fin_relay.contract.errors import (
+    AuthError,
+    FinApiError,
+    RateLimitedError,
+    RetryableError,
+)
+from fin_relay.worker.fin_client import (
+    CallObservation,
+    FinClient,
+    ThreadLocalClients,
+    retry_after_s,
+)
+
+ERROR_LIST = {
+    "type": "error.list",
+    "request_id": "req-1",
+    "errors": [{"code": "parameter_invalid", "message": "conversation_id is required"}],
+}
+
+
+def client_for(handler: Any) -> FinClient:
+    return FinClient(
+        base_url="https://api.example.test",
+        token="secret-token",
+        api_version="2.15",
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def respond(status: int, body: Any, headers: dict[str, str] | None = None) -> Any:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers or {})
+
+    return handler
+
+
+def test_success_sends_headers_and_returns_body_and_rate_info() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            json={"conversation_id": "c1", "status": "thinking"},
+            headers={
+                "x-ratelimit-remaining": "7",
+                "x-ratelimit-reset": "1700000010",
+                "x-ratelimit-limit": "166",
+                "x-request-id": "rid",
+            },
+        )
+
+    observed = CallObservation()
+    reply = client_for(handler).post("/fin/start", {"conversation_id": "c1"}, observed)
+    assert reply.body["status"] == "thinking"
+    assert reply.rate.remaining == 7 and reply.rate.reset_s == 1700000010
+    assert reply.request_id == "rid"
+    request = seen[0]
+    assert request.headers["authorization"] == "Bearer secret-token"
+    assert request.headers["intercom-version"] == "2.15"
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {"conversation_id": "c1"}
+    assert observed.rate.remaining == 7
+
+
+def test_429_uses_reset_header_and_prefers_retry_after() -> None:
+    reset = int(time.time()) + 7
+    body = {"type": "error.list", "errors": [{"code": "rate_limit_exceeded"}]}
+    with pytest.raises(RateLimitedError) as exc:
+        client_for(respond(429, body, {"x-ratelimit-reset": str(reset)})).post(
+            "/fin/start", {}, CallObservation()
+        )
+    assert exc.value.delay_s is not None and 5 <= exc.value.delay_s <= 7.5
+    with pytest.raises(RateLimitedError) as exc2:
+        client_for(respond(429, body, {"x-ratelimit-reset": str(reset), "retry-after": "3"})).post(
+            "/fin/start", {}, CallObservation()
+        )
+    assert exc2.value.delay_s == 3.0
+
+
+def test_401_is_auth_error_with_request_id() -> None:
+    body = {
+        "type": "error.list",
+        "request_id": "r401",
+        "errors": [{"code": "unauthorized", "message": "Access Token Invalid"}],
+    }
+    with pytest.raises(AuthError) as exc:
+        client_for(respond(401, body)).post("/fin/start", {}, CallObservation())
+    assert exc.value.request_id == "r401"
+    assert "secret-token" not in str(exc.value)
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+def test_server_errors_are_retryable(status: int) -> None:
+    with pytest.raises(RetryableError) as exc:
+        client_for(respond(status, ERROR_LIST)).post("/fin/start", {}, CallObservation())
+    assert not isinstance(exc.value, RateLimitedError | AuthError)
+    assert exc.value.status == status
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422])
+def test_hopeless_4xx_are_permanent_with_body(status: int) -> None:
+    with pytest.raises(FinApiError) as exc:
+        client_for(respond(status, ERROR_LIST)).post("/fin/start", {}, CallObservation())
+    assert exc.value.status == status
+    assert exc.value.body == ERROR_LIST
+    assert exc.value.request_id == "req-1"
+    assert "parameter_invalid" in str(exc.value)
+
+
+def test_csat_422_body_shape() -> None:
+    body = {"errors": {"base": "The rating window for this conversation has closed"}}
+    with pytest.raises(FinApiError) as exc:
+        client_for(respond(422, body, {"x-request-id": "rq"})).post(
+            "/fin/csat", {}, CallObservation()
+        )
+    assert exc.value.body == body and exc.value.request_id == "rq"
+    assert "rating window" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+)
+def test_transport_failures_are_retryable(error: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    observed = CallObservation()
+    with pytest.raises(RetryableError) as exc:
+        client_for(handler).post("/fin/start", {}, observed)
+    assert exc.value.status is None
+    assert observed.sent
+
+
+def test_rate_headers_observed_on_errors_too() -> None:
+    observed = CallObservation()
+    with pytest.raises(RetryableError):
+        client_for(
+            respond(
+                503, ERROR_LIST, {"x-ratelimit-remaining": "3", "x-ratelimit-reset": "1700000020"}
+            )
+        ).post("/fin/start", {}, observed)
+    assert observed.rate.remaining == 3
+
+
+def test_retry_after_http_date_and_garbage() -> None:
+    headers = httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert retry_after_s(headers) == 0.0  # in the past
+    assert retry_after_s(httpx.Headers({"retry-after": "soon"})) is None
+
+
+def test_repr_never_shows_token() -> None:
+    client = client_for(respond(200, {}))
+    assert "secret-token" not in repr(client)
+
+
+def test_thread_local_clients_one_per_thread_and_closed() -> None:
+    import threading
+
+    pool = ThreadLocalClients(
+        base_url="https://api.example.test",
+        token="t",
+        api_version="2.15",
+        connect_timeout_s=1,
+        read_timeout_s=1,
+    )
+    seen: list[int] = []
+
+    def grab() -> None:
+        a, b = pool.get(), pool.get()
+        assert a is b
+        seen.append(id(a))
+
+    threads = [threading.Thread(target=grab) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(set(seen)) == 4 and len(pool) == 4
+    pool.close_all()
+    assert len(pool) == 0

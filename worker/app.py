@@ -1,0 +1,126 @@
+"""The Celery app: ``celery -A fin_relay.worker.app worker`` (or ``fin-relay worker``).
+
+Importing this module needs no environment: the configuration is built lazily from
+``WorkerSettings`` when Celery first reads it, and a worker with bad or missing settings stops
+at start-up with one line naming the variable (``celeryd_init``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
+
+from fin_relay.contract.errors import ConfigurationError
+from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
+from fin_relay.contract.settings import WorkerSettings, load
+from fin_relay.worker import heartbeat
+from fin_relay.worker.runtime import close_runtime, get_runtime
+from fin_relay.worker.tasks import register
+
+log = logging.getLogger("fin_relay.worker")
+
+#: A broker URL that cannot connect, used only when the settings are invalid (the worker
+#: refuses to start before it would try).
+_UNCONFIGURED_BROKER = "redis://unconfigured.invalid:6379/0"
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    """The Celery settings that keep fin-relay's guarantees (docs/worker.md)."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.fin_relay_visibility_timeout_s,
+            # kombu sweeps for expired unacked messages (a killed worker's jobs) only every
+            # interval x throttle seconds (10 x 10 by default): sweep every few seconds instead.
+            "unacked_restore_interval": max(
+                1, min(10, int(settings.fin_relay_visibility_timeout_s // 2))
+            ),
+            "unacked_restore_throttle": 1,
+        },
+        "broker_pool_limit": None,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_time_limit": settings.fin_relay_task_time_limit_s,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": CALLS_QUEUE,
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+            for name in (CALLS_QUEUE, EVENTS_QUEUE)
+        ],
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+
+
+def _lazy_config() -> dict[str, Any]:
+    try:
+        return celery_config(load(WorkerSettings))
+    except ConfigurationError:
+        return {"broker_url": _UNCONFIGURED_BROKER}  # celeryd_init refuses to start
+
+
+def create_app() -> Celery:
+    """A new Celery app with every fin-relay task registered and the lazy configuration."""
+    celery_app = Celery("fin_relay", set_as_current=False)
+    celery_app.add_defaults(_lazy_config)
+    register(celery_app)
+    return celery_app
+
+
+app = create_app()
+
+
+def _check_settings(**_: Any) -> None:
+    """Fail fast, with one line, before the worker connects anywhere."""
+    try:
+        settings = load(WorkerSettings)
+    except ConfigurationError as exc:
+        print(f"fin-relay worker: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)  # Celery swallows exceptions raised by signal handlers
+    from fin_relay.worker.cli import guarantee_problems
+
+    problems = guarantee_problems(settings, app.conf)
+    if problems:
+        print(f"fin-relay worker: refusing to start: {problems[0]}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+
+def _quiet_http_logs(**_: Any) -> None:
+    # httpx logs every request at INFO; fin-relay logs one line per job outcome instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _ready(sender: Any = None, **_: Any) -> None:
+    runtime = get_runtime()
+    hostname = getattr(sender, "hostname", None) or f"pid{os.getpid()}"
+    heartbeat.start(runtime, hostname)
+    log.info("fin-relay worker %s ready (pid %d)", hostname, os.getpid())
+
+
+def _shutdown(**_: Any) -> None:
+    heartbeat.stop()
+    close_runtime()
+
+
+# Connected explicitly (strong references): Celery's signal decorators are untyped.
+signals.celeryd_init.connect(_check_settings, weak=False)
+signals.after_setup_logger.connect(_quiet_http_logs, weak=False)
+signals.worker_ready.connect(_ready, weak=False)
+signals.worker_shutdown.connect(_shutdown, weak=False)
+signals.worker_process_shutdown.connect(_shutdown, weak=False)

@@ -1,0 +1,332 @@
+"""One attempt of a call job, as plain functions: validate → sequence → rate-limit → call Fin →
+finish or defer. The Celery task (``tasks.py``) only turns a :class:`Defer` into
+``task.retry(countdown=...)``.
+
+A :class:`Defer` is a signal, not an error: the job is re-published with a countdown so it
+holds no worker slot while it waits (for its turn, for quota, for a pause, or a backoff).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fin_relay.contract.errors import (
+    AuthError,
+    InvalidJobError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+)
+from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, format_fin_time
+from fin_relay.contract.jobs import validate_task
+from fin_relay.contract.names import TASK_OPERATIONS
+from fin_relay.worker import lua
+from fin_relay.worker.fin_client import CallObservation
+from fin_relay.worker.outcomes import JobContext, Outcome, finish
+from fin_relay.worker.rate_limit import Acquired
+from fin_relay.worker.retries import defer_delay_s, longest_countdown_s, plan_retry
+from fin_relay.worker.runtime import Runtime
+from fin_relay.worker.sequencing import WAIT_DECISIONS, Check
+
+log = logging.getLogger("fin_relay.worker.calls")
+
+#: Waits for quota shorter than this are slept in the worker thread; longer ones re-publish.
+INLINE_WAIT_MAX_MS = 1000
+AMBIGUOUS_FIELD = "ambiguous_since_ms"
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Re-publish the job after ``countdown_s`` (reason: order, turn, quota, paused, auth,
+    retry)."""
+
+    countdown_s: float
+    reason: str
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _countdown(rt: Runtime, seconds: float) -> float:
+    """Jittered, capped countdown: never past what is safe w.r.t. the visibility timeout."""
+    jitter = rt.rng.uniform(0.0, 0.05 + seconds * 0.05)
+    return max(0.01, min(seconds + jitter, longest_countdown_s(rt.settings)))
+
+
+def run_call(
+    rt: Runtime, task: str, job_id: str, kwargs: dict[str, Any], defers: int
+) -> Defer | None:
+    """Run one delivery of a call job; ``None`` when the job reached a terminal outcome."""
+    operation = TASK_OPERATIONS.get(task, task)
+    ctx = JobContext(
+        task=task,
+        job_id=job_id,
+        kwargs=kwargs,
+        operation=operation,
+        job=None,
+        body={k: v for k, v in kwargs.items() if k != "relay"},
+        started_ms=_now_ms(),
+    )
+    try:
+        ctx.job = validate_task(task, kwargs)
+    except InvalidJobError as exc:
+        finish(rt, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
+        return None
+    ctx.body = ctx.job.body
+    stamp = None
+    if operation in MESSAGE_OPERATIONS and ctx.job.message_timestamp is None:
+        message = ctx.body.get("message")
+        if isinstance(message, dict) and not message.get("timestamp_ms"):
+            stamp = format_fin_time(datetime.now(UTC))
+    check, acquired = rt.gate.check_and_acquire(
+        job_id,
+        ctx.conversation_id,
+        stamp_ts=stamp,
+        sequence=ctx.job.options.sequence,
+        wait_turn=operation == "reply",
+        hold_max_ms=int(rt.settings.fin_relay_sequence_hold_max_s * 1000),
+        stamp_field=AMBIGUOUS_FIELD,
+    )
+    ctx.job_hash, ctx.seq = check.job, check.seq
+    ctx.started_ms = int(check.job.get("first_seen_ms") or ctx.started_ms)
+    ctx.attempts = int(check.job.get("attempts") or 0)
+    if check.decision == "dup":
+        log.info(
+            "job=%s conv=%s op=%s duplicate delivery: already %s, not sent again",
+            job_id,
+            ctx.conversation_id or "-",
+            operation,
+            check.job.get("outcome"),
+        )
+        return None
+    if stamp is not None and check.ts:
+        ctx.body["message"] = {**ctx.body["message"], "timestamp": check.ts}
+    return _after_check(rt, ctx, check, defers, acquired)
+
+
+def _after_check(
+    rt: Runtime, ctx: JobContext, check: Check, defers: int, acquired: Acquired | None
+) -> Defer | None:
+    assert ctx.job is not None
+    if ctx.job.options.expired():
+        finish(
+            rt,
+            ctx,
+            Outcome(
+                "failed",
+                reason="expired",
+                error={"message": "relay.expires_at passed before the call"},
+            ),
+        )
+        return None
+    if check.decision == "escalated":
+        finish(rt, ctx, Outcome("skipped", reason="escalated"))
+        return None
+    if check.decision in WAIT_DECISIONS:
+        return Defer(_countdown(rt, defer_delay_s(defers)), check.decision.removeprefix("wait_"))
+    if check.forced:
+        log.warning(
+            "job=%s conv=%s seq=%d next=%d %s: held %d ms, proceeding (hold max reached)",
+            ctx.job_id,
+            ctx.conversation_id,
+            check.seq,
+            check.next_seq,
+            check.decision,
+            check.waited_ms,
+        )
+        rt.redis.hincrby(rt.names.worker_metrics, f"sequence_{check.decision}", 1)
+    return _acquire_and_call(rt, ctx, acquired)
+
+
+def _acquire_and_call(rt: Runtime, ctx: JobContext, acquired: Acquired | None) -> Defer | None:
+    """Call Fin with the slot the gate took, or wait for one: short waits in this thread,
+    longer ones by re-publishing the job (the slot is not held idle, nothing spins)."""
+    job_key = rt.names.job(ctx.job_id)
+    for _ in range(3):
+        if acquired is None:
+            acquired = rt.limiter.acquire(job_key, AMBIGUOUS_FIELD)
+        if acquired.go:
+            return _call(rt, ctx, acquired)
+        if acquired.wait_ms >= INLINE_WAIT_MAX_MS or acquired.why == "auth":
+            break
+        time.sleep(acquired.wait_ms / 1000.0 + rt.rng.uniform(0.0, 0.05))
+        acquired = None
+    assert acquired is not None
+    return Defer(_countdown(rt, acquired.wait_ms / 1000.0), acquired.why)
+
+
+def _call(rt: Runtime, ctx: JobContext, slot: Acquired) -> Defer | None:
+    assert ctx.job is not None
+    observed = CallObservation()
+    was_ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
+    ctx.attempts += 1
+    try:
+        reply = rt.clients.get().post(ctx.job.path, ctx.body, observed)
+    except RateLimitedError as exc:
+        return _rate_limited(rt, ctx, exc, observed, was_ambiguous)
+    except AuthError as exc:
+        return _auth_failed(rt, ctx, exc, observed, was_ambiguous)
+    except RetryableError as exc:
+        return _retryable(rt, ctx, exc, observed, slot)
+    except PermanentError as exc:
+        error = {
+            "message": str(exc),
+            "status": exc.status,
+            "body": exc.body,
+            "request_id": exc.request_id,
+        }
+        finish(
+            rt,
+            ctx,
+            Outcome(
+                "failed",
+                reason="fin_error",
+                error=error,
+                status=exc.status,
+                request_id=exc.request_id,
+                latency_ms=observed.latency_ms,
+                rate=observed.rate,
+                slot=slot,
+            ),
+        )
+        return None
+    finish(
+        rt,
+        ctx,
+        Outcome(
+            "succeeded",
+            response=reply.body,
+            status=reply.status,
+            request_id=reply.request_id,
+            latency_ms=reply.latency_ms,
+            rate=reply.rate,
+            slot=slot,
+        ),
+    )
+    return None
+
+
+def _record_attempt(
+    rt: Runtime,
+    ctx: JobContext,
+    observed: CallObservation,
+    *,
+    failure: bool,
+    clear_ambiguous: bool,
+    slot: Acquired | None = None,
+) -> int:
+    """One round trip: count the attempt (and failure), learn from headers. Returns failures."""
+    job_key = rt.names.job(ctx.job_id)
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.hincrby(job_key, "attempts", 1)
+    pipe.hincrby(job_key, "failures", 1 if failure else 0)
+    if clear_ambiguous:
+        pipe.hdel(job_key, AMBIGUOUS_FIELD)  # Fin answered "not accepted": nothing ambiguous yet
+    rt.limiter.add_observe(pipe, observed.rate, slot)
+    results = lua.execute(rt.redis, pipe)
+    return int(results[1])
+
+
+def _rate_limited(
+    rt: Runtime,
+    ctx: JobContext,
+    exc: RateLimitedError,
+    observed: CallObservation,
+    was_ambiguous: str | None,
+) -> Defer:
+    delay_s = exc.delay_s if exc.delay_s is not None else rt.limiter.window_ms / 1000.0
+    rt.limiter.pause(int(delay_s * 1000) + 50)
+    _record_attempt(rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None)
+    log.info(
+        "job=%s conv=%s op=%s 429 from Fin: fleet paused %.2f s (request_id=%s)",
+        ctx.job_id,
+        ctx.conversation_id or "-",
+        ctx.operation,
+        delay_s,
+        exc.request_id,
+    )
+    return Defer(_countdown(rt, delay_s + 0.05), "rate_limited")
+
+
+def _auth_failed(
+    rt: Runtime,
+    ctx: JobContext,
+    exc: AuthError,
+    observed: CallObservation,
+    was_ambiguous: str | None,
+) -> Defer:
+    fresh = rt.limiter.auth_failed()
+    _record_attempt(rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None)
+    if fresh:
+        rt.redis.hincrby(rt.names.worker_metrics, "auth_pauses", 1)
+        message = (
+            "Fin answered 401: the API token is wrong or was regenerated. Every call "
+            "is paused fleet-wide and every job kept; set a valid FIN_API_TOKEN."
+        )
+        log.error("%s (job=%s request_id=%s)", message, ctx.job_id, exc.request_id)
+        _sentry_message(message)
+    else:
+        log.warning("job=%s auth probe failed (401): fleet stays paused", ctx.job_id)
+    return Defer(_countdown(rt, rt.settings.fin_relay_auth_probe_interval_s), "auth")
+
+
+def _retryable(
+    rt: Runtime, ctx: JobContext, exc: RetryableError, observed: CallObservation, slot: Acquired
+) -> Defer | None:
+    failures = _record_attempt(rt, ctx, observed, failure=True, clear_ambiguous=False, slot=slot)
+    ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
+    plan = plan_retry(
+        failures=failures,
+        hint_s=exc.delay_s,
+        ambiguous_since_ms=int(ambiguous) if ambiguous else _now_ms() - int(observed.latency_ms),
+        now_ms=_now_ms(),
+        settings=rt.settings,
+        rng=rt.rng,
+    )
+    if plan.give_up:
+        error = {
+            "message": str(exc),
+            "status": exc.status,
+            "body": exc.body,
+            "request_id": exc.request_id,
+            "failures": failures,
+        }
+        finish(
+            rt,
+            ctx,
+            Outcome(
+                "failed",
+                reason=plan.reason,
+                error=error,
+                status=exc.status,
+                request_id=exc.request_id,
+                latency_ms=observed.latency_ms,
+            ),
+        )
+        return None
+    assert plan.delay_s is not None
+    log.info(
+        "job=%s conv=%s op=%s retry %d in %.2f s: %s",
+        ctx.job_id,
+        ctx.conversation_id or "-",
+        ctx.operation,
+        failures,
+        plan.delay_s,
+        exc,
+    )
+    return Defer(_countdown(rt, plan.delay_s), "retry")
+
+
+def _sentry_message(message: str) -> None:
+    try:
+        import sentry_sdk
+
+        if sentry_sdk.get_client().is_active():
+            sentry_sdk.capture_message(message, level="error")
+    except Exception:
+        log.debug("sentry capture failed", exc_info=True)

@@ -1,0 +1,145 @@
+"""Fleet-wide rate limiter over Redis (``rate_limit.lua``): fixed 10-second windows, learned caps,
+and the fleet-wide pauses after a 429 (until the reset) and a 401 (until a probe succeeds or the
+token changes).
+
+Celery's ``rate_limit`` task option is per worker and cannot keep a fleet under one quota.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from fin_relay.contract.names import Names
+from fin_relay.worker import lua
+from fin_relay.worker.fin_client import RateLimitInfo
+
+WINDOW_MS = 10_000
+#: A call taken this close to a window's end counts in the next window too (see the Lua).
+BOUNDARY_GUARD_MS = 250
+_SCRIPT = (Path(__file__).parent / "rate_limit.lua").read_text()
+
+
+def token_fingerprint(token: str) -> str:
+    """A short hash identifying the token (never the token) stored with the auth pause."""
+    return hashlib.sha256(b"fin-relay:" + token.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """Result of :meth:`RateLimiter.acquire`: ``wait_ms == 0`` means go."""
+
+    wait_ms: int
+    why: str
+    at_ms: int = 0  # Redis time of a granted slot
+    window_s: int = 0  # the window it was granted in
+    count: int = 0  # our count in that window, this call included
+
+    @property
+    def go(self) -> bool:
+        return self.wait_ms <= 0
+
+    @property
+    def probe(self) -> bool:
+        """This call is the fleet's one probe of a token that got a 401."""
+        return self.why == "probe"
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RateLimiter:
+    """Thin wrapper around the Lua script; every method is one atomic Redis call."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: Names,
+        *,
+        budget: int,
+        token_fp: str,
+        probe_interval_s: float,
+        window_ms: int = WINDOW_MS,
+        guard_ms: int = BOUNDARY_GUARD_MS,
+    ) -> None:
+        self._client = client
+        self._names = names
+        self.budget = budget
+        self.token_fp = token_fp
+        self.probe_interval_ms = int(probe_interval_s * 1000)
+        self.window_ms = window_ms
+        self.guard_ms = guard_ms
+        self._script = lua.register(client, _SCRIPT)
+        self._win_prefix = names.ratelimit_window(0).removesuffix("0")
+        self._cap_prefix = names.ratelimit_cap(0).removesuffix("0")
+
+    def _args(self, command: str, *extra: Any) -> list[Any]:
+        return [command, self._win_prefix, self._cap_prefix, self.window_ms, *extra]
+
+    def _keys(self, job_key: str = "") -> list[str]:
+        return [self._names.ratelimit_pause, self._names.auth_pause, job_key]
+
+    def acquire_call(self, job_key: str = "", stamp_field: str = "") -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of "acquire" (for this script or the composed gate)."""
+        args = self._args(
+            "acquire",
+            self.budget,
+            self.token_fp,
+            self.probe_interval_ms,
+            stamp_field,
+            self.guard_ms,
+        )
+        return self._keys(job_key), args
+
+    @staticmethod
+    def parse_acquired(raw: list[Any]) -> Acquired:
+        extra = [int(v) for v in raw[2:5]] + [0, 0, 0]
+        return Acquired(int(raw[0]), _decode(raw[1]), extra[0], extra[1], extra[2])
+
+    def acquire(self, job_key: str = "", stamp_field: str = "") -> Acquired:
+        """Take one call slot in the current window, or say how long to wait (ms).
+
+        On "go", ``stamp_field`` of the hash ``job_key`` is set to now (HSETNX) in the same
+        atomic step: the worker records when it first sent a request whose fate may be unknown.
+        """
+        keys, args = self.acquire_call(job_key, stamp_field)
+        return self.parse_acquired(self._script(keys=keys, args=args))
+
+    def add_observe(self, pipe: Any, rate: RateLimitInfo, slot: Acquired | None) -> bool:
+        """Queue the learning step for one response's headers on a pipeline (False: nothing).
+
+        ``slot`` is the acquisition this call was sent under (its window and our count then).
+        """
+        if rate.remaining is None or rate.reset_s is None or slot is None or not slot.count:
+            return False
+        if slot.count + rate.remaining >= self.budget:
+            return False  # the learned cap would not be below the budget: nothing to learn
+        args = self._args("observe", rate.remaining, rate.reset_s, slot.window_s, slot.count)
+        lua.queue(pipe, self._script, self._keys(), args)
+        return True
+
+    def observe(self, rate: RateLimitInfo, slot: Acquired | None) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        if self.add_observe(pipe, rate, slot):
+            lua.execute(self._client, pipe)
+
+    def pause(self, delay_ms: int) -> int:
+        """After a 429: nobody in the fleet calls Fin for ``delay_ms``. Returns the pause end."""
+        (until_ms,) = self._script(keys=self._keys(), args=self._args("pause", max(1, delay_ms)))
+        return int(until_ms)
+
+    def auth_failed(self) -> bool:
+        """After a 401: pause the fleet (True when this started a new pause)."""
+        (fresh,) = self._script(
+            keys=self._keys(), args=self._args("auth_fail", self.token_fp, self.probe_interval_ms)
+        )
+        return bool(int(fresh))
+
+    def add_auth_ok(self, pipe: Any) -> None:
+        """Queue the clearing of an auth pause of this token (a call just succeeded)."""
+        lua.queue(pipe, self._script, self._keys(), self._args("auth_ok", self.token_fp))

@@ -1,0 +1,178 @@
+"""Per-conversation sequencing and race-free conversation state (``sequencing.lua``,
+``conversation_state.lua``).
+
+Guarantee (see docs/worker.md): the calls of one conversation reach Fin one at a time, in
+sequence order, across all workers; a reply waits until Fin finished the previous turn. The
+sequence order is the producer's (``relay.sequence``, taken atomically with the enqueue) or,
+for jobs sent without one, the order in which workers first receive them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from fin_relay.contract.conversation import STATE_TTL_S, call_state_update, event_state_update
+from fin_relay.contract.fin_api import parse_fin_time
+from fin_relay.contract.names import Names
+from fin_relay.worker import lua
+
+_SEQ_SCRIPT = (Path(__file__).parent / "sequencing.lua").read_text()
+_STATE_SCRIPT = (Path(__file__).parent / "conversation_state.lua").read_text()
+
+GO_DECISIONS = frozenset({"go", "forced_order", "forced_turn"})
+SEQ_KEY_COUNT = 5
+WAIT_DECISIONS = frozenset({"wait_order", "wait_turn"})
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Result of :meth:`Sequencer.check` for one job."""
+
+    decision: str
+    ts: str | None
+    seq: int
+    next_seq: int
+    waited_ms: int
+    job: dict[str, str]
+
+    @property
+    def go(self) -> bool:
+        return self.decision in GO_DECISIONS
+
+    @property
+    def forced(self) -> bool:
+        return self.decision.startswith("forced")
+
+
+def fin_time_ms(value: str | None) -> str:
+    """Fin's ISO time as epoch ms for the Lua scripts ("" when absent or unparseable)."""
+    if not value:
+        return ""
+    try:
+        moment: datetime = parse_fin_time(value)
+    except ValueError:
+        return ""
+    return str(int(moment.timestamp() * 1000))
+
+
+class Sequencer:
+    """Wraps the sequencing and conversation-state scripts."""
+
+    def __init__(self, client: redis.Redis, names: Names, ttl_s: int = STATE_TTL_S) -> None:
+        self._names = names
+        self._ttl_s = ttl_s
+        self._seq = lua.register(client, _SEQ_SCRIPT)
+        self._state = lua.register(client, _STATE_SCRIPT)
+
+    def _keys(self, job_id: str, conversation_id: str | None) -> list[str]:
+        n, cid = self._names, conversation_id or "-"
+        return [
+            n.job(job_id),
+            n.conversation_seq(cid),
+            n.conversation_next(cid),
+            n.conversation_state(cid),
+            n.conversation_done(cid),
+        ]
+
+    def check_call(
+        self,
+        job_id: str,
+        conversation_id: str | None,
+        *,
+        stamp_ts: str | None,
+        sequence: int | None,
+        wait_turn: bool,
+        hold_max_ms: int,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the "check" command (for this script or the composed gate)."""
+        args: list[Any] = [
+            "check",
+            self._ttl_s,
+            stamp_ts or "",
+            "" if sequence is None else sequence,
+            "1" if wait_turn else "0",
+            hold_max_ms,
+            "1" if conversation_id else "0",
+        ]
+        return self._keys(job_id, conversation_id), args
+
+    @staticmethod
+    def parse_check(raw: list[Any]) -> Check:
+        """Decode the "check" reply."""
+        fields = [_s(v) for v in raw[5:]]
+        return Check(
+            decision=_s(raw[0]),
+            ts=_s(raw[1]) or None,
+            seq=int(raw[2]),
+            next_seq=int(raw[3]),
+            waited_ms=int(raw[4]),
+            job=dict(zip(fields[::2], fields[1::2], strict=True)),
+        )
+
+    def check(
+        self,
+        job_id: str,
+        conversation_id: str | None,
+        *,
+        stamp_ts: str | None,
+        sequence: int | None,
+        wait_turn: bool,
+        hold_max_ms: int,
+    ) -> Check:
+        """Record the job (first-seen time, stamped timestamp, sequence) and say whether it may
+        call Fin now. Also returns the job hash (one round trip for all of it)."""
+        keys, args = self.check_call(
+            job_id,
+            conversation_id,
+            stamp_ts=stamp_ts,
+            sequence=sequence,
+            wait_turn=wait_turn,
+            hold_max_ms=hold_max_ms,
+        )
+        return self.parse_check(self._seq(keys=keys, args=args))
+
+    def add_done(self, pipe: Any, job_id: str, conversation_id: str, seq: int) -> None:
+        """Queue "this sequence number finished" on a pipeline (``next`` skips past it)."""
+        lua.queue(pipe, self._seq, self._keys(job_id, conversation_id), ["done", self._ttl_s, seq])
+
+    def add_call_state(
+        self, pipe: Any, conversation_id: str, status: str, created_at: str | None, now_ms: int
+    ) -> None:
+        """Queue the state update after a successful call (race-safe against webhooks)."""
+        self._add_state(
+            pipe, "call", conversation_id, call_state_update(status, now_ms), created_at
+        )
+
+    def add_event_state(
+        self, pipe: Any, conversation_id: str, status: str, created_at: str | None, now_ms: int
+    ) -> None:
+        """Queue the state update for a Fin event reporting ``status``."""
+        fields = event_state_update(status, now_ms, created_at)
+        self._add_state(pipe, "event", conversation_id, fields, created_at)
+
+    def _add_state(
+        self,
+        pipe: Any,
+        mode: str,
+        conversation_id: str,
+        fields: dict[str, str],
+        created_at: str | None,
+    ) -> None:
+        flat: list[str] = []
+        for key, value in fields.items():
+            flat += [key, value]
+        lua.queue(
+            pipe,
+            self._state,
+            [self._names.conversation_state(conversation_id)],
+            [mode, fin_time_ms(created_at), self._ttl_s, *flat],
+        )

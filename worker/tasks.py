@@ -1,0 +1,99 @@
+"""The Celery tasks: thin wrappers around :func:`calls.run_call` and :func:`events.run_event`.
+
+Task and queue names are fixed by the wire contract (``contract.names``); kwargs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from fin_relay.contract.names import CALL_TASKS, TASK_EVENT, TASK_QUEUES
+from fin_relay.worker.calls import run_call
+from fin_relay.worker.events import run_event
+from fin_relay.worker.runtime import get_runtime
+
+log = logging.getLogger("fin_relay.worker.tasks")
+
+
+def _unexpected_countdown_s(retries: int) -> float:
+    return float(min(30, 2 ** min(retries, 5)))
+
+
+def _await_redis(max_wait_s: float) -> bool:
+    """Wait (bounded) until Redis answers again, so the job's re-publication can succeed.
+
+    While Redis (the broker too, by default) is down, ``task.retry`` cannot publish and a task
+    that fails would be acknowledged once the connection is back: the job would be lost. So the
+    task holds its slot until Redis answers (at most half the visibility timeout), then
+    re-publishes. Returns False when Redis stayed down.
+    """
+    runtime = get_runtime()
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline:
+        try:
+            runtime.redis.ping()
+            return True
+        except redis.RedisError:
+            time.sleep(0.5)
+    return False
+
+
+def _redis_down(task: Task, exc: Exception) -> None:
+    request = task.request
+    runtime = get_runtime()
+    max_wait_s = min(120.0, runtime.settings.fin_relay_visibility_timeout_s / 2)
+    log.warning("job=%s redis error, holding the job until Redis answers: %s", request.id, exc)
+    if not _await_redis(max_wait_s):
+        log.error(
+            "job=%s Redis still down after %.0f s; the broker redelivers the job after "
+            "the visibility timeout",
+            request.id,
+            max_wait_s,
+        )
+    raise task.retry(countdown=0.5) from None
+
+
+def call_task(task: Task, **kwargs: Any) -> None:
+    """Body of every ``fin.*`` call task: one attempt; a deferral becomes ``task.retry``."""
+    request = task.request
+    try:
+        defer = run_call(get_runtime(), task.name, request.id, kwargs, request.retries or 0)
+    except redis.RedisError as exc:
+        _redis_down(task, exc)  # keeps the job: waits for Redis, then re-publishes
+    except Exception:
+        log.exception("job=%s unexpected error; kept and retried", request.id)
+        raise task.retry(countdown=_unexpected_countdown_s(request.retries or 0)) from None
+    if defer is not None:
+        log.debug("job=%s deferred %.2f s (%s)", request.id, defer.countdown_s, defer.reason)
+        raise task.retry(countdown=defer.countdown_s)
+
+
+def event_task(task: Task, **kwargs: Any) -> None:
+    """Body of ``fin.event``."""
+    request = task.request
+    try:
+        run_event(get_runtime(), kwargs, request.id)
+    except redis.RedisError as exc:
+        _redis_down(task, exc)
+
+
+def register(app: Celery) -> dict[str, Task]:
+    """Register every fin-relay task on ``app`` (no retry limit: the job hash counts attempts)."""
+    tasks: dict[str, Task] = {}
+    for name in (*CALL_TASKS.values(), TASK_EVENT):
+        body = event_task if name == TASK_EVENT else call_task
+        tasks[name] = app.task(
+            name=name,
+            bind=True,
+            max_retries=None,
+            queue=TASK_QUEUES[name],
+            ignore_result=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+        )(body)
+    return tasks
