@@ -98,6 +98,9 @@ def _check_settings(**_: Any) -> None:
     if problems:
         print(f"fin-relay worker: refusing to start: {problems[0]}", file=sys.stderr, flush=True)
         os._exit(2)
+    from fin_relay import observability
+
+    observability.init_sentry(settings, "worker")
 
 
 def _quiet_http_logs(**_: Any) -> None:
@@ -106,11 +109,38 @@ def _quiet_http_logs(**_: Any) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+def _consumed_queues(sender: Any) -> list[str]:
+    try:
+        return [q.name for q in sender.task_consumer.queues]
+    except AttributeError:
+        return [CALLS_QUEUE, EVENTS_QUEUE]
+
+
 def _ready(sender: Any = None, **_: Any) -> None:
     runtime = get_runtime()
     hostname = getattr(sender, "hostname", None) or f"pid{os.getpid()}"
-    heartbeat.start(runtime, hostname)
+    settings = runtime.settings
+    slots = int(
+        getattr(getattr(sender, "pool", None), "limit", 0) or app.conf.worker_concurrency or 1
+    )
+    heartbeat.detector = heartbeat.StallDetector(settings.fin_relay_stuck_consumer_s, slots)
+    heartbeat.start(runtime, hostname, _consumed_queues(sender))
+    if settings.fin_relay_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.fin_relay_metrics_port, addr="0.0.0.0")
+        log.info("metrics on :%d/metrics", settings.fin_relay_metrics_port)
     log.info("fin-relay worker %s ready (pid %d)", hostname, os.getpid())
+
+
+def _task_started(**_: Any) -> None:
+    if heartbeat.detector is not None:
+        heartbeat.detector.task_started()
+
+
+def _task_finished(**_: Any) -> None:
+    if heartbeat.detector is not None:
+        heartbeat.detector.task_finished()
 
 
 def _shutdown(**_: Any) -> None:
@@ -122,5 +152,7 @@ def _shutdown(**_: Any) -> None:
 signals.celeryd_init.connect(_check_settings, weak=False)
 signals.after_setup_logger.connect(_quiet_http_logs, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
+signals.task_prerun.connect(_task_started, weak=False)
+signals.task_postrun.connect(_task_finished, weak=False)
 signals.worker_shutdown.connect(_shutdown, weak=False)
 signals.worker_process_shutdown.connect(_shutdown, weak=False)

@@ -97,6 +97,12 @@ class WorkerSettings(CommonSettings):
     fin_relay_sequence_hold_max_s: PositiveFloat = 120.0
     fin_relay_auth_probe_interval_s: PositiveFloat = 15.0
     fin_relay_task_time_limit_s: PositiveFloat = 120.0
+    # Serve Prometheus metrics on this port (off when unset).
+    fin_relay_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # Exit (for a supervisor to restart) when jobs wait in a consumed queue this long while
+    # this worker has free slots and starts nothing: Celery's "stops consuming after a broker
+    # reconnect" failure. 0 turns the watchdog off.
+    fin_relay_stuck_consumer_s: Annotated[float, Field(ge=0)] = 120.0
 
     @field_validator("fin_api_base_url")
     @classmethod
