@@ -7,6 +7,7 @@ from __future__ import annotations
 
 pytest_plugins = [
     "tests.fixtures.redis",
+    "tests.fixtures.broker",
     "tests.fixtures.simulator",
     "tests.fixtures.worker",
     "tests.fixtures.ingest",

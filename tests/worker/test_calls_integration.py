@@ -124,6 +124,7 @@ def test_invalid_and_expired_jobs_dead_letter_without_calls(
     assert sim_requests(sim) == []
 
 
+@pytest.mark.redis_broker
 def test_duplicate_delivery_after_success_is_not_sent_again(
     redis_client: redis.Redis, fin_simulator: Callable, celery_worker_proc: Callable
 ) -> None:
@@ -142,6 +143,7 @@ def test_duplicate_delivery_after_success_is_not_sent_again(
     assert [e.data["job_id"] for e in results(redis_client)] == [job_id]
 
 
+@pytest.mark.redis_broker
 def test_replayed_dead_job_that_succeeds_leaves_the_dead_stream(
     redis_client: redis.Redis, fin_simulator: Callable, celery_worker_proc: Callable
 ) -> None:

@@ -22,6 +22,7 @@ def send_event(client: redis.Redis, event: dict, event_id: str) -> None:
     client.lpush("fin.events", payload)
 
 
+@pytest.mark.redis_broker
 def test_events_published_state_updated_unknown_kept_invalid_dead(
     redis_client: redis.Redis, celery_worker_proc: Callable
 ) -> None:

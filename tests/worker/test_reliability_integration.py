@@ -57,7 +57,16 @@ def test_kill_9_mid_call_completes_on_another_worker_same_timestamp(
     celery_worker_proc(base_url=sim.base_url, concurrency=1, env=short)
     env = wait_for_result(redis_client, job, timeout_s=45)
     assert env.type == "call.succeeded"
-    starts = [r for r in sim.control.requests() if r["endpoint"] == "start"]
+
+    # The killed call's log entry is completed when the simulator finishes handling it (after
+    # its 1.5 s latency), which can be after the redelivered call succeeded (RabbitMQ
+    # redelivers at once): wait for both entries to be complete.
+    def logged_starts() -> list[dict] | None:
+        starts = [r for r in sim.control.requests() if r["endpoint"] == "start"]
+        complete = len(starts) >= 2 and all(r["message_timestamp"] for r in starts)
+        return starts if complete else None
+
+    starts = wait_until(logged_starts, 10, "both start calls logged with their timestamp")
     assert len(starts) == 2
     assert starts[0]["message_timestamp"] == starts[1]["message_timestamp"]
     assert starts[0]["message_timestamp"] == redis_client.hget(N.job(job), "ts")

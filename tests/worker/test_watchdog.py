@@ -37,6 +37,7 @@ def test_detector_ignores_empty_queues_busy_workers_and_zero_threshold() -> None
 
 
 @pytest.mark.integration
+@pytest.mark.redis_broker
 def test_worker_that_stops_consuming_exits_for_its_supervisor(
     redis_url: str, redis_client: redis.Redis, fin_simulator: Any, celery_worker_proc: Any
 ) -> None:
