@@ -1,0 +1,94 @@
+"""Fixtures of the reliability suite: real processes that the tests break on purpose.
+
+* ``sim_process(**SimulatorConfig fields)``: a simulator **subprocess** (no GIL shared with the
+  load generator), stopped at teardown.
+* ``own_redis(appendfsync=...)``: a dedicated Redis with AOF on a fixed port (so it can be
+  killed and restarted in place, keeping its data dir), stopped at teardown.
+* ``worker_procs(redis_url, base_url=..., env=...)``: real Celery worker processes on *any*
+  Redis (the shared ``celery_worker_proc`` fixture is bound to the session Redis), stopped at
+  teardown.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fin_relay.embedded_redis import EmbeddedRedis, free_port
+from fin_relay.simulator.server import SimulatorConfig, SubprocessHandle, start_subprocess
+from tests.fixtures.worker import WorkerProcess, wait_ready, worker_command, worker_env
+
+
+@pytest.fixture
+def sim_process() -> Iterator[Callable[..., SubprocessHandle]]:
+    """Factory: a simulator subprocess on a free port (``reply_delay_ms`` 200 by default)."""
+    handles: list[SubprocessHandle] = []
+
+    def start(**fields: Any) -> SubprocessHandle:
+        fields.setdefault("reply_delay_ms", 200.0)
+        handle = start_subprocess(SimulatorConfig(**fields), timeout_s=30)
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Callable[..., EmbeddedRedis]]:
+    """Factory: a dedicated Redis with ``appendonly yes`` on a fixed port."""
+    servers: list[EmbeddedRedis] = []
+
+    def start(appendfsync: str = "always") -> EmbeddedRedis:
+        server = EmbeddedRedis(port=free_port(), appendonly=True, appendfsync=appendfsync)
+        servers.append(server)
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"could not start a dedicated Redis: {exc}")
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: ``worker_procs(redis_url, base_url=..., concurrency=8, env={...})``."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        redis_url: str,
+        *,
+        base_url: str,
+        concurrency: int = 8,
+        env: dict[str, str] | None = None,
+        namespace: str = "fin",
+        ready_timeout_s: float = 60.0,
+    ) -> WorkerProcess:
+        index = len(started)
+        hostname = f"rel{index}-{uuid.uuid4().hex[:6]}@test"
+        log_path = tmp_path / f"worker-{index}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            worker_command(hostname, "threads", concurrency, "fin.calls,fin.events"),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=worker_env(redis_url, base_url, "sim-token", namespace, dict(env or {})),
+            cwd=str(tmp_path),
+        )
+        worker = WorkerProcess(process, hostname, log_path, namespace, log_file)
+        started.append(worker)
+        wait_ready(worker, redis_url, ready_timeout_s)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout_s=10)
