@@ -26,6 +26,20 @@ def _str(value: str | None) -> str:
     return "null" if value is None else str(_ENCODE(value))
 
 
+_MAX_CACHED = 512
+
+
+class _Encoded(dict[str | None, str]):
+    """``_str`` memoised for low-cardinality fields (method, path, event name, dedup, error):
+    most lines then encode only the conversation id. Bounded: cleared past ``_MAX_CACHED``."""
+
+    def __missing__(self, value: str | None) -> str:
+        if len(self) >= _MAX_CACHED:
+            self.clear()
+        encoded = self[value] = _str(value)
+        return encoded
+
+
 class AccessLog:
     """Buffered access log; call :meth:`flush` at shutdown."""
 
@@ -48,6 +62,7 @@ class AccessLog:
         self._flush_interval_s = flush_interval_s
         self._max_buffered = max_buffered
         self._scheduled = False
+        self._encoded = _Encoded()
         self.metrics: RequestMetrics | None = None
 
     def record(
@@ -69,11 +84,12 @@ class AccessLog:
             return
         duration_ms = round((time.perf_counter() - started_s) * 1000, 3)
         if self._json:
+            enc = self._encoded
             line = (
-                f'{{"ts":{time.time():.3f},"log":"access","method":{_str(method)},'
-                f'"path":{_str(path)},"status":{int(status)},"event_name":{_str(event_name)},'
-                f'"conversation_id":{_str(conversation_id)},"dedup":{_str(dedup)},'
-                f'"error":{_str(error)},"duration_ms":{duration_ms}}}'
+                f'{{"ts":{time.time():.3f},"log":"access","method":{enc[method]},'
+                f'"path":{enc[path]},"status":{int(status)},"event_name":{enc[event_name]},'
+                f'"conversation_id":{_str(conversation_id)},"dedup":{enc[dedup]},'
+                f'"error":{enc[error]},"duration_ms":{duration_ms}}}'
             )
         else:
             extra = f" error={error}" if error else ""

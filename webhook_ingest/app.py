@@ -28,10 +28,10 @@ from fin_relay.webhook_ingest.events import (
     Rejected,
     check_replay,
     dedup_key,
-    event_json,
+    event_bytes,
     parse_body,
 )
-from fin_relay.webhook_ingest.verify import verify_signature
+from fin_relay.webhook_ingest.verify import Verifier
 
 log = logging.getLogger("fin_relay.webhook_ingest")
 
@@ -62,21 +62,48 @@ _IGNORED = _body('{"status":"ignored"}')
 _OK = _body('{"status":"ok"}')
 _LENGTHS = {n: str(n).encode() for n in range(64)}
 
+_Headers = tuple[tuple[bytes, bytes], ...]
+_CLOSE: _Headers = ((b"connection", b"close"),)
+_RETRY_AFTER: _Headers = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
+_STARTS: dict[tuple[int, int, _Headers], Message] = {}
+_BODIES: dict[bytes, Message] = {}
+
+
+def _start_message(status: int, length: int, headers: _Headers) -> Message:
+    """The ``http.response.start`` message, built once per (status, length, extra headers).
+
+    Servers only read these messages (uvicorn copies the header list), so they are shared.
+    """
+    key = (status, length, headers)
+    message = _STARTS.get(key)
+    if message is None:
+        all_headers = [_JSON, (b"content-length", _LENGTHS.get(length) or str(length).encode())]
+        all_headers += headers
+        message = {"type": "http.response.start", "status": status, "headers": all_headers}
+        if len(_STARTS) < 256:  # a fixed set of answers in practice; bounded regardless
+            _STARTS[key] = message
+    return message
+
 
 async def respond(
     send: Send,
     status: int,
     body: bytes,
     *,
-    headers: list[tuple[bytes, bytes]] | None = None,
+    headers: _Headers = (),
     head: bool = False,
 ) -> None:
     """Send a complete JSON response (``head``: headers only, Content-Length kept)."""
-    all_headers = [_JSON, (b"content-length", _LENGTHS.get(len(body)) or str(len(body)).encode())]
-    if headers:
-        all_headers += headers
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    await send(_start_message(status, len(body), headers))
+    if head:
+        await send({"type": "http.response.body", "body": b""})
+        return
+    message = _BODIES.get(body)
+    if message is None:
+        message = {"type": "http.response.body", "body": body}
+        if len(_BODIES) < 256:
+            _BODIES[body] = message
+    await send(message)
 
 
 def error_body(code: str) -> bytes:
@@ -116,10 +143,14 @@ def check_headers(scope: Scope, max_body_bytes: int) -> tuple[int | None, bytes 
 
 async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
     """Read the request body, refusing (413) as soon as it grows past the cap."""
+    return await read_rest(await receive(), receive, max_body_bytes)
+
+
+async def read_rest(message: Message, receive: Receive, max_body_bytes: int) -> bytes:
+    """:func:`read_body` given the first ``http.request`` message already received."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk = message.get("body", b"")
@@ -130,6 +161,7 @@ async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -168,7 +200,7 @@ class IngestApp:
     ) -> None:
         self.settings = settings
         self.names = Names(settings.fin_relay_namespace)
-        self._secrets = tuple(settings.webhook_secrets)
+        self._verify = Verifier(tuple(settings.webhook_secrets))
         self._max_body = settings.fin_relay_max_body_bytes
         self._ttl_s = settings.fin_relay_dedup_ttl_s
         self._enqueuer = enqueuer
@@ -186,7 +218,10 @@ class IngestApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            if scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":  # the hot path
+                await self._webhook(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -218,7 +253,7 @@ class IngestApp:
                     send,
                     405,
                     error_body("method_not_allowed"),
-                    headers=[(b"allow", b"GET, HEAD, POST")],
+                    headers=((b"allow", b"GET, HEAD, POST"),),
                 )
         elif path == "/healthz":
             await respond(send, 200, _OK, head=method == "HEAD")
@@ -234,16 +269,16 @@ class IngestApp:
     async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         outcome = _Outcome()
-        headers: list[tuple[bytes, bytes]] | None = None
+        headers: _Headers = ()
         try:
             status, body = await self._process(scope, receive, outcome)
         except Rejected as rejected:
             status, body, outcome.error = rejected.status, error_body(rejected.code), rejected.code
             if status == 413:
-                headers = [(b"connection", b"close")]
+                headers = _CLOSE
         except BrokerUnavailableError as exc:
             status, body, outcome.error = 503, error_body("unavailable"), "unavailable"
-            headers = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            headers = _RETRY_AFTER
             log.debug("webhook answered 503: %s", exc)  # the enqueuer logs the cause per batch
         except _Disconnected:
             outcome.error = "client_disconnected"
@@ -272,8 +307,14 @@ class IngestApp:
     ) -> tuple[int, bytes]:
         """The chain of steps; returns ``(status, body)`` or raises :class:`Rejected`."""
         _length, signature = check_headers(scope, self._max_body)
-        raw = await read_body(receive, self._max_body)
-        if not verify_signature(raw, signature, self._secrets):
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            raw: bytes = message.get("body", b"")  # the usual case: the whole body at once
+            if len(raw) > self._max_body:
+                raise Rejected(413, "body_too_large")
+        else:
+            raw = await read_rest(message, receive, self._max_body)
+        if not self._verify(raw, signature):
             raise Rejected(401, "invalid_signature")
         event = parse_body(raw)
         outcome.describe(event)
@@ -293,15 +334,13 @@ class IngestApp:
             )
             raise
         event_id = dedup_key(event)
-        new = await self._enqueue(event_id, event, now_ms)
-        outcome.dedup = "new" if new else "duplicate"
-        return (202, _ACCEPTED) if new else (200, _DUPLICATE)
-
-    async def _enqueue(self, event_id: str, event: Event, received_at_ms: int) -> bool:
+        enqueuer = self._enqueuer if self._enqueuer is not None else self.enqueuer
         try:
-            return await self.enqueuer.enqueue(event_id, event_json(event), received_at_ms)
+            new = await enqueuer.enqueue(event_id, event_bytes(event), now_ms)
         except UnicodeEncodeError:  # lone surrogates in a string: valid JSON, not valid text
             raise Rejected(400, "invalid_unicode") from None
+        outcome.dedup = "new" if new else "duplicate"
+        return (202, _ACCEPTED) if new else (200, _DUPLICATE)
 
 
 def _now_ms() -> int:

@@ -58,10 +58,10 @@ def redis_client(url: str, timeout_s: float, max_connections: int = 16) -> aiore
 class Enqueuer(Protocol):
     """What the ASGI app needs from the enqueue side."""
 
-    async def enqueue(self, event_id: str, event_json: str, received_at_ms: int) -> bool:
+    async def enqueue(self, event_id: str, event_json: str | bytes, received_at_ms: int) -> bool:
         """Make the event durable unless already seen: ``True`` new, ``False`` duplicate.
 
-        ``event_json`` is the event as JSON text (a verified JSON object); raises
+        ``event_json`` is the event as JSON text or UTF-8 bytes (a verified JSON object); raises
         ``UnicodeEncodeError`` for lone surrogates, :class:`BrokerUnavailableError` on failure.
         """
         ...
@@ -108,15 +108,22 @@ class RedisEnqueuer:
         self._pending: list[_Entry] = []
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dedup_prefix = names.event_dedup("")  # + event_id = names.event_dedup(event_id)
 
-    async def enqueue(self, event_id: str, event_json: str, received_at_ms: int) -> bool:
+    async def enqueue(self, event_id: str, event_json: str | bytes, received_at_ms: int) -> bool:
         if len(self._pending) >= self._max_pending:
             raise BrokerUnavailableError("too many events waiting for Redis")
-        payload = self._builder.build(event_json, event_id, received_at_ms).encode()
-        loop = asyncio.get_running_loop()
+        if isinstance(event_json, str):
+            event_json = event_json.encode()
+        payload = self._builder.build_bytes(event_json, event_id, received_at_ms)
+        # The loop is looked up once: on Python 3.11 get_running_loop() makes a getpid() syscall.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         deadline = loop.time() + self._timeout_s
-        self._pending.append((self._names.event_dedup(event_id), payload, fut, deadline))
+        self._pending.append((self._dedup_prefix + event_id, payload, fut, deadline))
         if self._inflight < self._max_inflight:
             self._inflight += 1
             task = loop.create_task(self._flush_loop())

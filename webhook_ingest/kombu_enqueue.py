@@ -68,7 +68,7 @@ class KombuEnqueuer:
         self._producer: Any = None
         self._connection: Any = None
 
-    async def enqueue(self, event_id: str, event_json: str, received_at_ms: int) -> bool:
+    async def enqueue(self, event_id: str, event_json: str | bytes, received_at_ms: int) -> bool:
         payload = self._builder.build(event_json, event_id, received_at_ms)
         key = self._names.event_dedup(event_id)
         token = uuid.uuid4().hex
