@@ -83,6 +83,9 @@ def run_call(
         message = ctx.body.get("message")
         if isinstance(message, dict) and not message.get("timestamp_ms"):
             stamp = format_fin_time(datetime.now(UTC))
+    # Open this thread's HTTP client (first use: TLS context, pool) before a slot is taken, so
+    # the time between the grant and the send stays short.
+    rt.clients.get()
     check, acquired = rt.gate.check_and_acquire(
         job_id,
         ctx.conversation_id,
@@ -151,12 +154,19 @@ def _acquire_and_call(rt: Runtime, ctx: JobContext, acquired: Acquired | None) -
         if acquired is None:
             acquired = rt.limiter.acquire(job_key, AMBIGUOUS_FIELD)
         if acquired.go:
-            return _call(rt, ctx, acquired)
+            if acquired.probe or not rt.limiter.stale(acquired):
+                return _call(rt, ctx, acquired)
+            # Held up since the grant: the request would reach Fin in a window this slot does
+            # not cover. Take a slot in the window it will land in (the old one stays spent).
+            log.info("job=%s rate-limit slot went stale before sending; re-acquiring", ctx.job_id)
+            acquired = None
+            continue
         if acquired.wait_ms >= INLINE_WAIT_MAX_MS or acquired.why == "auth":
             break
         time.sleep(acquired.wait_ms / 1000.0 + rt.rng.uniform(0.0, 0.05))
         acquired = None
-    assert acquired is not None
+    if acquired is None or acquired.go:  # only stale slots: try again at once, re-published
+        return Defer(_countdown(rt, 0.0), "quota")
     return Defer(_countdown(rt, acquired.wait_ms / 1000.0), acquired.why)
 
 

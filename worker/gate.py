@@ -20,6 +20,7 @@ import redis
 
 from fin_relay.contract.names import Names
 from fin_relay.worker import lua
+from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.rate_limit import Acquired, RateLimiter
 from fin_relay.worker.sequencing import GO_DECISIONS, SEQ_KEY_COUNT, Check, Sequencer
 
@@ -60,9 +61,15 @@ class Gate:
     """``check_and_acquire``: may this job call Fin now, and if so, take a rate-limit slot."""
 
     def __init__(
-        self, client: redis.Redis, names: Names, sequencer: Sequencer, limiter: RateLimiter
+        self,
+        client: redis.Redis,
+        names: Names,
+        sequencer: Sequencer,
+        limiter: RateLimiter,
+        batch: Coalescer | None = None,
     ) -> None:
         self._names = names
+        self._batch = batch
         self._sequencer = sequencer
         self._limiter = limiter
         self._script = lua.register(client, composite_source())
@@ -87,9 +94,14 @@ class Gate:
             hold_max_ms=hold_max_ms,
         )
         rl_keys, rl_args = self._limiter.acquire_call(self._names.job(job_id), stamp_field)
-        raw: list[Any] = self._script(
-            keys=[*seq_keys, *rl_keys], args=[len(seq_args), *seq_args, *rl_args]
-        )
+        keys, args = [*seq_keys, *rl_keys], [len(seq_args), *seq_args, *rl_args]
+        raw: list[Any]
+        if self._batch is None:
+            raw = self._script(keys=keys, args=args)
+        else:  # shares a round trip with the other threads' gate calls and outcomes
+            (raw,) = self._batch.execute(
+                [(("EVALSHA", self._script.sha, len(keys), *keys, *args), {})]
+            )
         acquired = None
         if MARK in raw[5:]:
             at = len(raw) - 1 - raw[::-1].index(MARK)

@@ -20,7 +20,6 @@ from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_JOB, ValidatedJob, dead_letter, request_summary
 from fin_relay.contract.names import CALL_FAILED, CALL_SKIPPED, CALL_SUCCEEDED
 from fin_relay.contract.publish import add_publish
-from fin_relay.worker import lua
 from fin_relay.worker.fin_client import RateLimitInfo
 from fin_relay.worker.rate_limit import Acquired
 from fin_relay.worker.runtime import Runtime
@@ -163,7 +162,7 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
         job_key,
         mapping={"outcome": outcome.kind, "finished_ms": _now_ms(), "attempts": ctx.attempts},
     )
-    results = lua.execute(rt.redis, pipe)
+    results = rt.batch.execute_pipeline(pipe)  # one round trip, shared with other threads
     if dead_index is not None:
         rt.redis.hset(job_key, "dead_entry", results[dead_index])
     log_outcome(ctx, outcome)

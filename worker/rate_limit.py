@@ -8,7 +8,8 @@ Celery's ``rate_limit`` task option is per worker and cannot keep a fleet under 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from fin_relay.worker.fin_client import RateLimitInfo
 WINDOW_MS = 10_000
 #: A call taken this close to a window's end counts in the next window too (see the Lua).
 BOUNDARY_GUARD_MS = 250
+#: When only a learned cap that may still rise blocks a call, wait this long, not the window.
+SETTLE_MS = 100
 _SCRIPT = (Path(__file__).parent / "rate_limit.lua").read_text()
 
 
@@ -38,6 +41,8 @@ class Acquired:
     at_ms: int = 0  # Redis time of a granted slot
     window_s: int = 0  # the window it was granted in
     count: int = 0  # our count in that window, this call included
+    #: ``time.monotonic()`` when this answer was decoded (to tell how stale a slot is)
+    local_s: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def go(self) -> bool:
@@ -66,6 +71,7 @@ class RateLimiter:
         probe_interval_s: float,
         window_ms: int = WINDOW_MS,
         guard_ms: int = BOUNDARY_GUARD_MS,
+        settle_ms: int = SETTLE_MS,
     ) -> None:
         self._client = client
         self._names = names
@@ -74,6 +80,7 @@ class RateLimiter:
         self.probe_interval_ms = int(probe_interval_s * 1000)
         self.window_ms = window_ms
         self.guard_ms = guard_ms
+        self.settle_ms = settle_ms
         self._script = lua.register(client, _SCRIPT)
         self._win_prefix = names.ratelimit_window(0).removesuffix("0")
         self._cap_prefix = names.ratelimit_cap(0).removesuffix("0")
@@ -93,6 +100,7 @@ class RateLimiter:
             self.probe_interval_ms,
             stamp_field,
             self.guard_ms,
+            self.settle_ms,
         )
         return self._keys(job_key), args
 
@@ -113,15 +121,28 @@ class RateLimiter:
     def add_observe(self, pipe: Any, rate: RateLimitInfo, slot: Acquired | None) -> bool:
         """Queue the learning step for one response's headers on a pipeline (False: nothing).
 
-        ``slot`` is the acquisition this call was sent under (its window and our count then).
+        ``slot`` is the acquisition this call was sent under (``None``: Fin did not count the
+        call, e.g. a 429). Every counted response is recorded: the learned cap of Fin's window
+        is (our responses counted there) + (the lowest ``X-RateLimit-Remaining`` among them).
         """
-        if rate.remaining is None or rate.reset_s is None or slot is None or not slot.count:
+        if rate.remaining is None or rate.reset_s is None or slot is None:
             return False
-        if slot.count + rate.remaining >= self.budget:
-            return False  # the learned cap would not be below the budget: nothing to learn
-        args = self._args("observe", rate.remaining, rate.reset_s, slot.window_s, slot.count)
+        args = self._args("observe", rate.remaining, rate.reset_s)
         lua.queue(pipe, self._script, self._keys(), args)
         return True
+
+    def stale(self, slot: Acquired, now_s: float | None = None) -> bool:
+        """Would a request sent now with ``slot`` reach Fin in a window the slot does not
+        cover? (The thread may have been held up between the grant and the send: GIL, the
+        first connection.) Measured with the local monotonic clock from the grant's Redis time.
+        """
+        if not slot.at_ms:
+            return False
+        elapsed_ms = ((time.monotonic() if now_s is None else now_s) - slot.local_s) * 1000.0
+        end_ms = slot.window_s * 1000 + self.window_ms
+        if slot.at_ms >= end_ms - self.guard_ms:
+            end_ms += self.window_ms  # it straddled: it holds a slot in the next window too
+        return slot.at_ms + elapsed_ms >= end_ms - self.guard_ms
 
     def observe(self, rate: RateLimitInfo, slot: Acquired | None) -> None:
         pipe = self._client.pipeline(transaction=False)

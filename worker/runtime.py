@@ -14,6 +14,7 @@ import redis
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import WorkerSettings, load
 from fin_relay.worker import lua
+from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.fin_client import ThreadLocalClients
 from fin_relay.worker.gate import Gate
 from fin_relay.worker.rate_limit import RateLimiter, token_fingerprint
@@ -32,6 +33,7 @@ class Runtime:
     sequencer: Sequencer
     clients: ThreadLocalClients
     gate: Gate
+    batch: Coalescer
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
@@ -60,7 +62,8 @@ class Runtime:
             read_timeout_s=settings.fin_relay_read_timeout_s,
         )
         sequencer = Sequencer(client, names)
-        gate = Gate(client, names, sequencer, limiter)
+        batch = Coalescer(client)
+        gate = Gate(client, names, sequencer, limiter, batch)
         # If Redis does not answer yet, the scripts load on first use (NOSCRIPT).
         with contextlib.suppress(redis.RedisError):
             lua.load_all(client)
@@ -72,6 +75,7 @@ class Runtime:
             sequencer=sequencer,
             clients=clients,
             gate=gate,
+            batch=batch,
         )
 
     def close(self) -> None:

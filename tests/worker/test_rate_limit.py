@@ -10,7 +10,7 @@ import redis
 
 from fin_relay.contract.names import Names
 from fin_relay.worker.fin_client import RateLimitInfo
-from fin_relay.worker.rate_limit import RateLimiter, token_fingerprint
+from fin_relay.worker.rate_limit import Acquired, RateLimiter, token_fingerprint
 
 
 def limiter(
@@ -78,12 +78,47 @@ def test_observe_lowers_the_window_cap(redis_client: redis.Redis) -> None:
     grants = [lim.acquire() for _ in range(5)]
     assert [g.go for g in grants] == [True, True, False, False, False]
     assert grants[2].why == "quota"
-    # a higher "remaining" later never raises the cap again
-    lim.observe(RateLimitInfo(limit=10, remaining=9, reset_s=reset_s), got)
-    assert not lim.acquire().go
-    # a response counted by Fin in another window (the call straddled) teaches nothing
+    # a response counted by Fin in another window teaches nothing about this one
     lim.observe(RateLimitInfo(limit=10, remaining=0, reset_s=reset_s + 10), got)
-    assert not redis_client.exists(Names("t").ratelimit_cap(reset_s))
+    assert not lim.acquire().go
+    assert redis_client.hget(Names("t").ratelimit_cap(reset_s - 10), "n") == "1"
+
+
+def test_learned_cap_is_not_lowered_by_reordered_arrivals(redis_client: redis.Redis) -> None:
+    # Fin counts our calls in another order than the one the slots were granted in: the
+    # first-granted call may arrive 5th (remaining 5 of 10). No other app spent anything, so
+    # once every response is in, the whole budget is usable again.
+    lim = limiter(redis_client, budget=10, window_ms=10_000)
+    slots = [lim.acquire() for _ in range(5)]
+    assert all(s.go for s in slots)
+    reset_s = slots[0].window_s + 10
+    lim.observe(RateLimitInfo(limit=10, remaining=5, reset_s=reset_s), slots[0])
+    # the estimate is 1 + 5 = 6 while 4 responses are still to come: wait briefly, not the window
+    lim.acquire()
+    waiting = lim.acquire()
+    assert not waiting.go and waiting.why == "quota" and waiting.wait_ms <= lim.settle_ms
+    for slot, remaining in zip(slots[1:], (9, 8, 7, 6), strict=True):
+        lim.observe(RateLimitInfo(limit=10, remaining=remaining, reset_s=reset_s), slot)
+    assert lim.acquire().go  # 5 + 5 = 10: room for the rest of the budget
+
+
+def test_settled_learned_cap_waits_for_the_next_window(redis_client: redis.Redis) -> None:
+    lim = limiter(redis_client, budget=10, window_ms=10_000)
+    slot = lim.acquire()
+    lim.observe(RateLimitInfo(limit=10, remaining=0, reset_s=slot.window_s + 10), slot)
+    blocked = lim.acquire()
+    assert not blocked.go and blocked.wait_ms > lim.settle_ms
+
+
+def test_a_slot_held_past_the_window_end_is_stale(redis_client: redis.Redis) -> None:
+    lim = limiter(redis_client, budget=10, window_ms=1000, guard_ms=100)
+    start_ms = 5_000_000
+    fresh = Acquired(0, "ok", at_ms=start_ms + 100, window_s=5000, count=1, local_s=100.0)
+    assert not lim.stale(fresh, now_s=100.5)  # sent at +600 ms: still inside the window
+    assert lim.stale(fresh, now_s=100.85)  # sent within the guard of the end
+    straddled = Acquired(0, "ok", at_ms=start_ms + 950, window_s=5000, count=1, local_s=100.0)
+    assert not lim.stale(straddled, now_s=100.3)  # it holds a slot in the next window too
+    assert lim.stale(straddled, now_s=101.0)
 
 
 def test_pause_after_429_stops_everyone_until_it_ends(redis_client: redis.Redis) -> None:

@@ -1,0 +1,65 @@
+"""Coalesced Redis round trips of concurrent threads (``worker/batching.py``), real Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from fin_relay.worker import lua
+from fin_relay.worker.batching import Coalescer
+
+
+def test_concurrent_stacks_each_get_their_own_replies_in_order(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    batch = Coalescer(client, max_rounds=2)
+    results: dict[int, list[object]] = {}
+    errors: list[BaseException] = []
+    calls_before = int(client.info("stats")["total_commands_processed"])
+
+    def job(i: int) -> None:
+        try:
+            for round_ in range(20):
+                pipe = client.pipeline(transaction=False)
+                pipe.rpush(f"l{i}", round_)
+                pipe.lrange(f"l{i}", 0, -1)
+                pipe.hset(f"h{i}", "last", round_)
+                results[i] = batch.execute_pipeline(pipe)
+                assert results[i][0] == round_ + 1  # this thread's own RPUSH reply
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    for i in range(16):
+        assert results[i][1] == [str(n) for n in range(20)]
+        assert client.hget(f"h{i}", "last") == "19"
+    assert int(client.info("stats")["total_commands_processed"]) - calls_before >= 16 * 20 * 3
+
+
+def test_an_error_fails_only_its_own_stack(redis_client: redis.Redis) -> None:
+    batch = Coalescer(redis_client)
+    redis_client.set("s", "text")
+    with pytest.raises(redis.ResponseError):
+        batch.execute([(("INCR", "s"), {}), (("SET", "after", "1"), {})])
+    assert redis_client.get("after") == "1"  # like a pipeline: the rest of the stack ran
+    assert batch.execute([(("INCR", "n"), {})]) == [1]
+
+
+def test_lost_scripts_are_reloaded_and_the_stack_rerun(redis_client: redis.Redis) -> None:
+    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    batch = Coalescer(redis_client)
+    redis_client.script_flush()
+    assert batch.execute([(("EVALSHA", script.sha, 1, "k"), {})]) == [1]
+    assert redis_client.get("k") == "1"
+
+
+def test_a_connection_error_reaches_the_caller() -> None:
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with pytest.raises(redis.ConnectionError):
+        Coalescer(client).execute([(("PING",), {})])

@@ -1,0 +1,122 @@
+"""Coalesce the Redis round trips of concurrent worker threads into shared pipelines.
+
+Each job makes two round trips of its own (the gate script before the call, the outcome
+pipeline after it). With 64 threads many of them are ready at the same moment, so
+:class:`Coalescer` runs the command stacks of every thread waiting at that moment as **one**
+pipeline (flat combining): the first thread to arrive while no round trip is in flight
+becomes the leader, sends everything queued, hands each thread its own slice of the replies,
+and serves what queued up meanwhile (at most ``max_rounds`` times, then hands over).
+
+Semantics per stack are those of a non-transactional pipeline: its commands run in order and
+contiguously (Redis runs one connection's commands in order), so "the outcome field is written
+last" still holds. A command error (e.g. NOSCRIPT) concerns only its own stack; a connection
+error fails every stack of that round trip, which the task handles as "Redis is down" (the job
+is kept).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from fin_relay.worker import lua
+
+Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class _Item:
+    __slots__ = ("commands", "done", "error", "lead", "results")
+
+    def __init__(self, commands: list[Command]) -> None:
+        self.commands = commands
+        self.done = threading.Event()
+        self.lead = False
+        self.results: list[Any] | None = None
+        self.error: BaseException | None = None
+
+
+class Coalescer:
+    """``execute(commands)``: run one thread's command stack, sharing round trips."""
+
+    def __init__(self, client: redis.Redis, max_rounds: int = 4, wait_s: float = 60.0) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: list[_Item] = []
+        self._busy = False
+        self._max_rounds = max_rounds
+        self._wait_s = wait_s
+
+    def execute_pipeline(self, pipe: Any) -> list[Any]:
+        """Run a pipeline's queued commands (``pipe`` itself is not executed)."""
+        return self.execute(list(pipe.command_stack))
+
+    def execute(self, commands: list[Command]) -> list[Any]:
+        item = _Item(commands)
+        with self._lock:
+            self._pending.append(item)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            if not item.done.wait(self._wait_s):
+                raise redis.TimeoutError("coalesced Redis round trip did not complete")
+            lead = item.lead and item.results is None and item.error is None
+        if lead:
+            self._serve()
+        if item.error is not None:
+            raise item.error
+        assert item.results is not None
+        return item.results
+
+    def _serve(self) -> None:
+        for _ in range(self._max_rounds):
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._busy = False
+                    return
+            self._run(batch)
+        # Hand over to a waiting thread: no thread serves the others for long.
+        with self._lock:
+            if not self._pending:
+                self._busy = False
+                return
+            successor = self._pending[0]
+            successor.lead = True  # stays queued: it is sent in its own thread's first round
+        successor.done.set()
+
+    def _run(self, batch: list[_Item]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for item in batch:
+            for args, options in item.commands:
+                pipe.pipeline_execute_command(*args, **options)
+        try:
+            replies = list(pipe.execute(raise_on_error=False))
+        except BaseException as exc:  # connection errors: every stack of this round trip
+            for item in batch:
+                item.error = exc
+                item.done.set()
+            return
+        at = 0
+        for item in batch:
+            mine = replies[at : at + len(item.commands)]
+            at += len(item.commands)
+            self._settle(item, mine)
+
+    def _settle(self, item: _Item, replies: list[Any]) -> None:
+        try:
+            if any(isinstance(r, NoScriptError) for r in replies):
+                lua.load_all(self._client)  # Redis lost the scripts: reload, run this stack again
+                again = self._client.pipeline(transaction=False)
+                for args, options in item.commands:
+                    again.pipeline_execute_command(*args, **options)
+                replies = list(again.execute(raise_on_error=False))
+            error = next((r for r in replies if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+            item.results = replies
+        except BaseException as exc:
+            item.error = exc
+        item.done.set()
