@@ -24,7 +24,7 @@ from fin_relay.contract.errors import (
 from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, format_fin_time
 from fin_relay.contract.jobs import validate_task
 from fin_relay.contract.names import TASK_OPERATIONS
-from fin_relay.worker import lua
+from fin_relay.worker import lua, metrics
 from fin_relay.worker.fin_client import CallObservation
 from fin_relay.worker.outcomes import JobContext, Outcome, finish
 from fin_relay.worker.rate_limit import Acquired
@@ -143,6 +143,7 @@ def _after_check(
             check.waited_ms,
         )
         rt.redis.hincrby(rt.names.worker_metrics, f"sequence_{check.decision}", 1)
+        metrics.sequence_overrun()
     return _acquire_and_call(rt, ctx, acquired)
 
 
@@ -163,10 +164,12 @@ def _acquire_and_call(rt: Runtime, ctx: JobContext, acquired: Acquired | None) -
             continue
         if acquired.wait_ms >= INLINE_WAIT_MAX_MS or acquired.why == "auth":
             break
+        metrics.limiter_wait(acquired.wait_ms / 1000.0)
         time.sleep(acquired.wait_ms / 1000.0 + rt.rng.uniform(0.0, 0.05))
         acquired = None
     if acquired is None or acquired.go:  # only stale slots: try again at once, re-published
         return Defer(_countdown(rt, 0.0), "quota")
+    metrics.limiter_wait(acquired.wait_ms / 1000.0)
     return Defer(_countdown(rt, acquired.wait_ms / 1000.0), acquired.why)
 
 
@@ -251,6 +254,8 @@ def _rate_limited(
 ) -> Defer:
     delay_s = exc.delay_s if exc.delay_s is not None else rt.limiter.window_ms / 1000.0
     rt.limiter.pause(int(delay_s * 1000) + 50)
+    metrics.rate_limited()
+    metrics.retry("rate_limited")
     _record_attempt(rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None)
     log.info(
         "job=%s conv=%s op=%s 429 from Fin: fleet paused %.2f s (request_id=%s)",
@@ -320,6 +325,7 @@ def _retryable(
         )
         return None
     assert plan.delay_s is not None
+    metrics.retry("retryable_error")
     log.info(
         "job=%s conv=%s op=%s retry %d in %.2f s: %s",
         ctx.job_id,

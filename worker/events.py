@@ -26,7 +26,7 @@ from fin_relay.contract.fin_api import (
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
 from fin_relay.contract.names import TASK_EVENT
 from fin_relay.contract.publish import add_publish
-from fin_relay.worker import lua
+from fin_relay.worker import lua, metrics
 from fin_relay.worker.runtime import Runtime
 
 log = logging.getLogger("fin_relay.worker.events")
@@ -51,6 +51,7 @@ def _invalid(rt: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, de
         maxlen=rt.settings.fin_relay_stream_maxlen,
     )
     pipe.execute()
+    metrics.event_dead(reason)
     log.warning("event=%s conv=%s dead-lettered: %s: %s", event_id, cid or "-", reason, detail)
 
 
@@ -92,6 +93,7 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
     lua.execute(rt.redis, pipe)
     received = kwargs.get("received_at_ms")
     lag = now_ms - received if isinstance(received, int) else -1
+    metrics.event_published(lag)
     log.info(
         "event=%s conv=%s type=%s status=%s lag_ms=%d",
         event_id,

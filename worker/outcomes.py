@@ -20,6 +20,7 @@ from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_JOB, ValidatedJob, dead_letter, request_summary
 from fin_relay.contract.names import CALL_FAILED, CALL_SKIPPED, CALL_SUCCEEDED
 from fin_relay.contract.publish import add_publish
+from fin_relay.worker import metrics
 from fin_relay.worker.fin_client import RateLimitInfo
 from fin_relay.worker.rate_limit import Acquired
 from fin_relay.worker.runtime import Runtime
@@ -121,6 +122,8 @@ def _now_ms() -> int:
 
 def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
     """Record, publish and (for failures) dead-letter ``outcome`` in one transaction."""
+    metrics.outcome(ctx.operation, outcome.kind, outcome.reason, outcome.latency_ms)
+    metrics.quota(outcome.rate)
     names, maxlen = rt.names, rt.settings.fin_relay_stream_maxlen
     envelope = Envelope.now(
         id=f"{ctx.job_id}.{outcome.kind}.{ctx.run}",
