@@ -45,14 +45,20 @@ def load_lua() -> str:
 
 
 def redis_client(url: str, timeout_s: float, max_connections: int = 16) -> aioredis.Redis:
-    """An asyncio Redis client whose every operation is bounded by ``timeout_s``."""
-    return aioredis.Redis.from_url(
+    """An asyncio Redis client whose every operation is bounded by ``timeout_s``.
+
+    The pool *waits* (up to ``timeout_s``) for a free connection instead of failing at once
+    with "Too many connections": concurrent requests beyond ``max_connections`` queue briefly
+    rather than being answered 503.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        max_connections=max_connections,
     )
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
 
 
 class Enqueuer(Protocol):

@@ -67,6 +67,7 @@ class KombuEnqueuer:
         self._builder = EventMessageBuilder()
         self._producer: Any = None
         self._connection: Any = None
+        self._queue: Any = None
 
     async def enqueue(self, event_id: str, event_json: str | bytes, received_at_ms: int) -> bool:
         payload = self._builder.build(event_json, event_id, received_at_ms)
@@ -99,14 +100,17 @@ class KombuEnqueuer:
 
     def _publish(self, payload: str) -> None:
         """Publish one Celery protocol-2 message (runs in the executor thread)."""
-        kombu: Any = importlib.import_module("kombu")  # untyped; imported only on this path
         if self._producer is None:
+            kombu: Any = importlib.import_module("kombu")  # untyped; imported only on this path
             self._connection = kombu.Connection(self._broker_url, connect_timeout=self._timeout_s)
             self._producer = self._connection.Producer()
+            # One Queue object for the connection's life: kombu caches declarations per entity,
+            # so a new object per message would re-declare (a broker round trip) every publish.
+            exchange = kombu.Exchange(EVENTS_QUEUE, type="direct")
+            self._queue = kombu.Queue(EVENTS_QUEUE, exchange, routing_key=EVENTS_QUEUE)
+        queue = self._queue
         message = json.loads(payload)
         tid = message["headers"]["id"]
-        exchange = kombu.Exchange(EVENTS_QUEUE, type="direct")
-        queue = kombu.Queue(EVENTS_QUEUE, exchange, routing_key=EVENTS_QUEUE)
         try:
             self._producer.publish(
                 base64.b64decode(message["body"]),

@@ -103,6 +103,16 @@ def _check_settings(**_: Any) -> None:
     observability.init_sentry(settings, "worker")
 
 
+def _structured_logs(logger: Any = None, **_: Any) -> None:
+    """One structured line per record: JSON when stderr is not a terminal (log shippers),
+    readable text on a terminal (fin_relay.observability)."""
+    from fin_relay.observability import JsonFormatter, TextFormatter
+
+    formatter = TextFormatter() if sys.stderr.isatty() else JsonFormatter()
+    for handler in getattr(logger, "handlers", []):
+        handler.setFormatter(formatter)
+
+
 def _quiet_http_logs(**_: Any) -> None:
     # httpx logs every request at INFO; fin-relay logs one line per job outcome instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -151,6 +161,7 @@ def _shutdown(**_: Any) -> None:
 # Connected explicitly (strong references): Celery's signal decorators are untyped.
 signals.celeryd_init.connect(_check_settings, weak=False)
 signals.after_setup_logger.connect(_quiet_http_logs, weak=False)
+signals.after_setup_logger.connect(_structured_logs, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
 signals.task_prerun.connect(_task_started, weak=False)
 signals.task_postrun.connect(_task_finished, weak=False)

@@ -40,3 +40,19 @@ def test_worker_exposes_call_outcomes_and_quota(
     assert _value(text, 'fin_relay_dead_letters_total{kind="job",reason="fin_error"}') == 1
     assert 0 <= _value(text, "fin_relay_quota_remaining") < 1000
     assert _value(text, 'fin_relay_call_seconds_count{operation="start"}') == 2
+
+
+def test_worker_logs_one_json_line_per_job_outcome(
+    redis_client: redis.Redis, fin_simulator: Any, celery_worker_proc: Any
+) -> None:
+    import json
+
+    sim = fin_simulator()
+    worker = celery_worker_proc(base_url=sim.base_url, concurrency=2)
+    job = enqueue_job(redis_client, "fin.start", start_kwargs("log-1", body="secret body text"))
+    assert wait_for_result(redis_client, job).type == "call.succeeded"
+    records = [json.loads(line) for line in worker.logs().splitlines() if line.startswith("{")]
+    mine = [r for r in records if job in r.get("msg", "")]
+    assert mine, "no JSON log line names the job"
+    assert any("log-1" in r["msg"] for r in mine)  # with the conversation id
+    assert "secret body text" not in worker.logs() and sim.token not in worker.logs()
