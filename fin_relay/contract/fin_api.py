@@ -283,17 +283,6 @@ AttachmentList = Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)]
 ConversationId = Annotated[str, Field(min_length=1)]
 
 
-class StartRequest(_Request):
-    """Body of ``POST /fin/start``."""
-
-    conversation_id: ConversationId
-    message: OutgoingMessage
-    user: FinUser
-    attachments: AttachmentList | None = None
-    conversation_metadata: ConversationMetadata | None = None
-    settings: Settings | None = None
-
-
 class ReplyRequest(_Request):
     """Body of ``POST /fin/reply`` (no ``conversation_metadata`` in 2.14–2.16)."""
 
@@ -304,15 +293,14 @@ class ReplyRequest(_Request):
     settings: Settings | None = None
 
 
-class AskRequest(_Request):
-    """Body of ``POST /fin/ask``: same fields as start."""
+class StartRequest(ReplyRequest):
+    """Body of ``POST /fin/start``: a reply's fields plus ``conversation_metadata``."""
 
-    conversation_id: ConversationId
-    message: OutgoingMessage
-    user: FinUser
-    attachments: AttachmentList | None = None
     conversation_metadata: ConversationMetadata | None = None
-    settings: Settings | None = None
+
+
+class AskRequest(StartRequest):
+    """Body of ``POST /fin/ask``: the same fields as start."""
 
 
 class ProcedureRunRequest(_Request):
