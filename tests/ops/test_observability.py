@@ -33,6 +33,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("FIN_WEBHOOK_SECRETS", SECRETS)
     monkeypatch.setenv("SENTRY_DSN", DSN)
     yield
+    monkeypatch.delenv("SENTRY_DSN")  # or init() would pick the DSN up from the environment
     sentry_sdk.init()  # disable again
 
 
