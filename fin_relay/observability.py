@@ -31,6 +31,22 @@ from prometheus_client import (
 # --- logging -------------------------------------------------------------------------------
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+#: Task arguments hold customer data (message bodies, attachments): Celery passes them in a
+#: log record's ``data`` extra (with full reprs when the producer was Celery's own client).
+_TASK_ARG_KEYS = ("args", "kwargs")
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """A record's ``extra=`` fields, without task arguments."""
+    out: dict[str, Any] = {}
+    for key, value in vars(record).items():
+        if key in _RESERVED or key.startswith("_"):
+            continue
+        if isinstance(value, dict) and any(k in value for k in _TASK_ARG_KEYS):
+            out[key] = {k: v for k, v in value.items() if k not in _TASK_ARG_KEYS}
+        else:
+            out[key] = value
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,9 +60,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
+        out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
@@ -56,11 +70,7 @@ class TextFormatter(logging.Formatter):
     """Readable line for terminals: time level logger msg key=value ..."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}"
-            for k, v in vars(record).items()
-            if k not in _RESERVED and not k.startswith("_")
-        )
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         base = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.name}: {record.getMessage()}"
         text = f"{base} {extras}" if extras else base
         if record.exc_info:

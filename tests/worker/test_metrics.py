@@ -43,7 +43,7 @@ def test_worker_exposes_call_outcomes_and_quota(
 
 
 def test_worker_logs_one_json_line_per_job_outcome(
-    redis_client: redis.Redis, fin_simulator: Any, celery_worker_proc: Any
+    redis_url: str, redis_client: redis.Redis, fin_simulator: Any, celery_worker_proc: Any
 ) -> None:
     import json
 
@@ -51,8 +51,19 @@ def test_worker_logs_one_json_line_per_job_outcome(
     worker = celery_worker_proc(base_url=sim.base_url, concurrency=2)
     job = enqueue_job(redis_client, "fin.start", start_kwargs("log-1", body="secret body text"))
     assert wait_for_result(redis_client, job).type == "call.succeeded"
+    # Celery's own client puts full argument reprs into the message (and Celery logs them)
+    from celery import Celery
+
+    bare = Celery(broker=redis_url, set_as_current=False)
+    other = bare.send_task(
+        "fin.start", kwargs=start_kwargs("log-2", body="secret body two"), queue="fin.calls"
+    ).id
+    bare.close()
+    assert wait_for_result(redis_client, other).type == "call.succeeded"
     records = [json.loads(line) for line in worker.logs().splitlines() if line.startswith("{")]
     mine = [r for r in records if job in r.get("msg", "")]
     assert mine, "no JSON log line names the job"
     assert any("log-1" in r["msg"] for r in mine)  # with the conversation id
-    assert "secret body text" not in worker.logs() and sim.token not in worker.logs()
+    logs = worker.logs()
+    assert "secret body text" not in logs and "secret body two" not in logs
+    assert sim.token not in logs
