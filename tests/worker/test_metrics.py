@@ -54,7 +54,9 @@ def test_worker_logs_one_json_line_per_job_outcome(
     # Celery's own client puts full argument reprs into the message (and Celery logs them)
     from celery import Celery
 
-    bare = Celery(broker=redis_url, set_as_current=False)
+    from tests.fixtures import broker
+
+    bare = Celery(broker=broker.ACTIVE_AMQP_URL or redis_url, set_as_current=False)
     other = bare.send_task(
         "fin.start", kwargs=start_kwargs("log-2", body="secret body two"), queue="fin.calls"
     ).id
