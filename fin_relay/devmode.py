@@ -28,11 +28,11 @@ from typing import Any
 import httpx
 import redis
 
-from fin_relay.contract import celery_wire
 from fin_relay.contract.envelope import Envelope
-from fin_relay.contract.jobs import stamp_timestamp
-from fin_relay.contract.names import CALL_TASKS, TASK_QUEUES, Names
+from fin_relay.contract.names import Names
+from fin_relay.contract.settings import ProducerSettings, load
 from fin_relay.embedded_redis import EmbeddedRedis, free_port, port_is_free
+from fin_relay.producer import Producer
 
 DEMO_USER = {"id": "demo-user-1", "name": "Ada Lovelace", "email": "ada@example.com"}
 
@@ -229,14 +229,6 @@ def start_stack(args: argparse.Namespace, out: Any) -> tuple[DevStack, dict[str,
 # --- the demo --------------------------------------------------------------------------------
 
 
-def enqueue(client: redis.Redis, operation: str, kwargs: dict[str, Any]) -> str:
-    stamp_timestamp(operation, kwargs)
-    task = CALL_TASKS[operation]
-    job_id, payload = celery_wire.task_message(task, kwargs)
-    client.lpush(TASK_QUEUES[task], payload)
-    return job_id
-
-
 def _short(envelope: Envelope) -> str:
     data = envelope.data
     if envelope.type == "fin_replied":
@@ -275,7 +267,9 @@ def tail(client: Any, names: Names, conversation_id: str, timeout_s: float) -> I
                     yield envelope
 
 
-def run_demo(client: redis.Redis, names: Names, out: Any, timeout_s: float = 60.0) -> bool:
+def run_demo(
+    client: redis.Redis, producer: Producer, names: Names, out: Any, timeout_s: float = 60.0
+) -> bool:
     conversation_id = f"demo-{uuid.uuid4().hex[:8]}"
     out(f"\ndemo conversation {conversation_id}")
     t0 = time.monotonic()
@@ -285,8 +279,7 @@ def run_demo(client: redis.Redis, names: Names, out: Any, timeout_s: float = 60.
 
     events = tail(client, names, conversation_id, timeout_s)
     first = "How can I see my account details?"
-    enqueue(
-        client,
+    producer.enqueue(
         "start",
         {
             "conversation_id": conversation_id,
@@ -305,8 +298,7 @@ def run_demo(client: redis.Redis, names: Names, out: Any, timeout_s: float = 60.
         if status == "awaiting_user_reply" and not replied and envelope.type != "call.succeeded":
             replied = True
             text = "Thanks, that solved it!"
-            enqueue(
-                client,
+            producer.enqueue(
                 "reply",
                 {
                     "conversation_id": conversation_id,
@@ -317,7 +309,7 @@ def run_demo(client: redis.Redis, names: Names, out: Any, timeout_s: float = 60.
             show("→", f"enqueue fin.reply  “{text}”")
         if envelope.type == "csat_requested" and not csat:
             csat = True
-            enqueue(client, "csat", {"conversation_id": conversation_id, "rating": "amazing"})
+            producer.enqueue("csat", {"conversation_id": conversation_id, "rating": "amazing"})
             show("→", "enqueue fin.csat   rating=amazing")
         if envelope.type == "call.succeeded" and envelope.data.get("operation") == "csat":
             out(
@@ -349,7 +341,16 @@ def run(args: argparse.Namespace) -> int:
         client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
         ok = True
         if not args.no_demo:
-            ok = run_demo(client, names, out)
+            producer = Producer(
+                load(
+                    ProducerSettings,
+                    redis_url=env["REDIS_URL"],
+                    fin_broker_url=None,
+                    fin_relay_namespace=args.namespace,
+                )
+            )
+            ok = run_demo(client, producer, names, out)
+            producer.close()
         exports = " ".join(f"{k}={v}" for k, v in env.items())
         out("\nfin-relay is running. From another terminal:")
         out(f"  {exports} fin-relay watch")
