@@ -15,6 +15,7 @@ import redis
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.fin_api import format_fin_time
 from fin_relay.contract.names import CALL_SUCCEEDED, Names
+from tests.fixtures.worker import wait_until
 
 #: ``FIN_RELAY_RELIABILITY_FULL=1``: the long versions (5-minute load, RSS asserted, everysec).
 FULL = os.environ.get("FIN_RELAY_RELIABILITY_FULL") == "1"
@@ -112,11 +113,7 @@ def rss_kib(pid: int) -> int | None:
 
 def wait_for(predicate: Any, timeout_s: float, what: str, step_s: float = 0.2) -> Any:
     """Poll ``predicate`` until truthy (bounded); ``AssertionError`` naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(step_s)
+    try:
+        return wait_until(predicate, timeout_s, what, step_s)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
