@@ -251,12 +251,18 @@ def _short(envelope: Envelope) -> str:
 
 
 def tail(client: Any, names: Names, conversation_id: str, timeout_s: float) -> Iterator[Envelope]:
-    streams: dict[str, str] = {names.results: "$", names.events: "$"}
-    # capture positions now so nothing published after this point is missed
-    for stream in list(streams):
+    """Envelopes of one conversation published after this call (positions taken now, not at
+    the first ``next()``, so a result published before the caller starts iterating is kept)."""
+    streams: dict[str, str] = {}
+    for stream in (names.results, names.events):
         last = client.xrevrange(stream, count=1)
         streams[stream] = last[0][0] if last else "0-0"
-    deadline = time.monotonic() + timeout_s
+    return _follow(client, streams, conversation_id, time.monotonic() + timeout_s)
+
+
+def _follow(
+    client: Any, streams: dict[str, str], conversation_id: str, deadline: float
+) -> Iterator[Envelope]:
     while time.monotonic() < deadline:
         got = client.xread(streams, block=500, count=100)
         for stream, entries in got or []:
