@@ -47,6 +47,9 @@ def test_scripted_conversation_events_arrive_once_with_the_envelope(
         "three events",
     )
     assert redis_client.xlen("fin:events") == 3  # duplicates were not published again
+    # Workers process fin.event tasks concurrently: the stream's order is not Fin's order, so
+    # compare in Fin's own order (created_at_ms).
+    entries.sort(key=lambda entry: json.loads(entry[1]["envelope"])["data"]["created_at_ms"])
     envelopes = [json.loads(fields["envelope"]) for _id, fields in entries]
     assert (
         [e["type"] for e in envelopes]
