@@ -27,7 +27,7 @@ app.conf.update(
 )
 
 
-@app.task(name="fin.event")
+@app.task(name="fin.event", shared=False)  # shared=True would register it on every app
 def fin_event(**kwargs: Any) -> None:
     client = redis.Redis.from_url(BROKER_URL)
     try:
