@@ -48,6 +48,9 @@ class Coalescer:
         self._busy = False
         self._max_rounds = max_rounds
         self._wait_s = wait_s
+        # Only the leader sends (``_busy``), so one connection is enough; holding it skips the
+        # pool checkout, retry wrapper and release that ``Pipeline.execute`` pays per round trip.
+        self._conn: Any = None
 
     def execute_pipeline(self, pipe: Any) -> list[Any]:
         """Run a pipeline's queued commands (``pipe`` itself is not executed)."""
@@ -87,13 +90,28 @@ class Coalescer:
             successor.lead = True  # stays queued: it is sent in its own thread's first round
         successor.done.set()
 
-    def _run(self, batch: list[_Item]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for item in batch:
-            for args, options in item.commands:
-                pipe.pipeline_execute_command(*args, **options)
+    def _round_trip(self, commands: list[Command]) -> list[Any]:
+        """Send ``commands`` in one write on the held connection; replies (errors as values)."""
+        if self._conn is None:
+            self._conn = self._client.connection_pool.get_connection()
+        conn, client = self._conn, self._client
         try:
-            replies = list(pipe.execute(raise_on_error=False))
+            conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+            replies: list[Any] = []
+            for args, options in commands:
+                try:
+                    replies.append(client.parse_response(conn, args[0], **options))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            # The stream may be out of step (a reply half read): never reuse this socket.
+            conn.disconnect()
+            raise
+        return replies
+
+    def _run(self, batch: list[_Item]) -> None:
+        try:
+            replies = self._round_trip([c for item in batch for c in item.commands])
         except BaseException as exc:  # connection errors: every stack of this round trip
             for item in batch:
                 item.error = exc
@@ -109,10 +127,7 @@ class Coalescer:
         try:
             if any(isinstance(r, NoScriptError) for r in replies):
                 lua.load_all(self._client)  # Redis lost the scripts: reload, run this stack again
-                again = self._client.pipeline(transaction=False)
-                for args, options in item.commands:
-                    again.pipeline_execute_command(*args, **options)
-                replies = list(again.execute(raise_on_error=False))
+                replies = self._round_trip(item.commands)
             error = next((r for r in replies if isinstance(r, Exception)), None)
             if error is not None:
                 raise error
