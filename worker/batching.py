@@ -17,7 +17,7 @@ is kept).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import NoScriptError
@@ -94,7 +94,7 @@ class Coalescer:
         """Send ``commands`` in one write on the held connection; replies (errors as values)."""
         if self._conn is None:
             self._conn = self._client.connection_pool.get_connection()
-        conn, client = self._conn, self._client
+        conn, client = self._conn, cast(Any, self._client)
         try:
             conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
             replies: list[Any] = []

@@ -46,3 +46,43 @@ def test_malformed_batch_writes_nothing(
     with pytest.raises(redis.ResponseError, match="fin-relay enqueue"):
         script(keys=["fin.events", *keys], args=[100, b"".join(payloads), lengths])
     assert redis_client.llen("fin.events") == 0 and not redis_client.keys("m:*")
+
+
+def test_enqueuer_survives_a_flushed_script_cache_and_a_timed_out_call(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The enqueuer's held connection: EVALSHA after SCRIPT FLUSH falls back to EVAL, and a
+    call cut short by its timeout drops the connection (its late reply is never read as the
+    next batch's)."""
+    import asyncio
+
+    from fin_relay.contract.errors import BrokerUnavailableError
+    from fin_relay.contract.names import Names
+    from fin_relay.webhook_ingest.enqueue import RedisEnqueuer, redis_client as make_client
+
+    async def scenario() -> tuple[list[bool], bool]:
+        enqueuer = RedisEnqueuer(
+            make_client(redis_url, 2.0), Names("fin"), ttl_s=100, timeout_s=0.5
+        )
+        flags = [await enqueuer.enqueue("e1", b'{"n":1}', 1)]
+        redis_client.script_flush()
+        flags.append(await enqueuer.enqueue("e2", b'{"n":2}', 2))  # NOSCRIPT -> EVAL
+        flags.append(await enqueuer.enqueue("e1", b'{"n":1}', 3))  # duplicate
+        redis_client.client_pause(10_000, all=False)  # Redis stalls: the next call times out
+        timed_out = False
+        try:
+            await enqueuer.enqueue("e3", b'{"n":3}', 4)
+        except BrokerUnavailableError:
+            timed_out = True
+        redis_client.client_unpause()
+        # a duplicate then a new event: a desynchronised connection would answer each with
+        # the reply of the call before it
+        flags.append(await enqueuer.enqueue("e1", b'{"n":1}', 5))
+        flags.append(await enqueuer.enqueue("e4", b'{"n":4}', 6))
+        await enqueuer.aclose()
+        return flags, timed_out
+
+    flags, timed_out = asyncio.run(scenario())
+    assert flags == [True, True, False, False, True]
+    assert timed_out
+    assert redis_client.exists("fin:dedup:e4") == 1
