@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -18,7 +19,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
 from fin_relay.contract.settings import WorkerSettings, load
-from fin_relay.worker import heartbeat
+from fin_relay.worker import heartbeat, transport
 from fin_relay.worker.runtime import close_runtime, get_runtime
 from fin_relay.worker.tasks import register
 
@@ -75,8 +76,13 @@ def _lazy_config() -> dict[str, Any]:
 
 
 def create_app() -> Celery:
-    """A new Celery app with every fin-relay task registered and the lazy configuration."""
-    celery_app = Celery("fin_relay", set_as_current=False)
+    """A new Celery app with every fin-relay task registered and the lazy configuration.
+
+    Its broker connections use fin-relay's Redis transport wherever kombu would use its own
+    (``fin_relay.worker.transport``: no message lost, no crash, when Redis restarts); the
+    same for ``fin-relay worker`` and ``celery -A fin_relay.worker.app worker``.
+    """
+    celery_app = Celery("fin_relay", set_as_current=False, amqp=transport.AMQP)
     celery_app.add_defaults(_lazy_config)
     register(celery_app)
     return celery_app
@@ -140,7 +146,20 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
         start_http_server(settings.fin_relay_metrics_port, addr="0.0.0.0")
         log.info("metrics on :%d/metrics", settings.fin_relay_metrics_port)
-    log.info("fin-relay worker %s ready (pid %d)", hostname, os.getpid())
+    if not transport.kombu_verified():
+        log.warning(
+            "fin_relay.worker.transport was verified with kombu %s, this is kombu %s: re-run "
+            "tests/reliability/test_redis_restart.py",
+            " / ".join(".".join(map(str, v)) for v in transport.KOMBU_VERIFIED),
+            transport.kombu_version(),
+        )
+    broker = getattr(getattr(sender, "connection", None), "transport", None)
+    log.info(
+        "fin-relay worker %s ready (pid %d, broker transport %s)",
+        hostname,
+        os.getpid(),
+        f"{type(broker).__module__}.{type(broker).__qualname__}" if broker else "?",
+    )
 
 
 def _task_started(**_: Any) -> None:
@@ -153,7 +172,47 @@ def _task_finished(**_: Any) -> None:
         heartbeat.detector.task_finished()
 
 
+#: How long a stopping worker keeps trying to put back messages it holds (Redis down).
+HELD_MESSAGES_SHUTDOWN_WAIT_S = 10.0
+
+
+def _pending_put_backs() -> bool:
+    return bool(transport.held_messages()) or transport.lost_take_replies() > 0
+
+
+def _put_back_held_messages(wait_s: float = HELD_MESSAGES_SHUTDOWN_WAIT_S) -> None:
+    """Put back what only this process knows about before exiting (``transport``): messages
+    held because their unacked record could not be written, and messages whose take reply
+    was lost; or say which are lost."""
+    deadline = time.monotonic() + wait_s
+    while _pending_put_backs():
+        try:
+            with app.connection_for_write() as connection:
+                transport.restore_held_messages(connection)
+        except Exception as exc:  # Redis still down: try again until the deadline
+            log.debug("held messages not put back yet: %r", exc)
+        if not _pending_put_backs() or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    lost = transport.held_messages()
+    if lost:
+        log.critical(
+            "stopping with %d message(s) taken from the broker while Redis was down and not "
+            "put back (Redis still unreachable after %.0f s): %s",
+            len(lost),
+            wait_s,
+            ", ".join(h.describe() for h in lost),
+        )
+    if transport.lost_take_replies():
+        log.warning(
+            "stopping with %d lost take reply(ies) unchecked (Redis unreachable): their "
+            "messages stay in the unacked hash and come back after the visibility timeout",
+            transport.lost_take_replies(),
+        )
+
+
 def _shutdown(**_: Any) -> None:
+    _put_back_held_messages()
     heartbeat.stop()
     close_runtime()
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,9 +60,31 @@ def own_redis() -> Iterator[Callable[..., EmbeddedRedis]]:
         server.stop()
 
 
+#: The worker command lines ``worker_procs(command=...)`` can run.
+WORKER_COMMANDS = ("celery", "fin-relay", "celery-defaults")
+
+
+def reliability_worker_command(command: str, hostname: str, concurrency: int) -> list[str]:
+    """``celery``: the fixtures' command (``tests/fixtures/worker.py``, gossip, mingle and
+    heartbeat off); ``fin-relay``: ``fin-relay worker`` as documented; ``celery-defaults``:
+    ``celery -A fin_relay.worker.app worker`` with Celery's defaults (all three on)."""
+    queues = "fin.calls,fin.events"
+    if command == "celery":
+        return worker_command(hostname, "threads", concurrency, queues)
+    if command == "fin-relay":
+        return [sys.executable, "-m", "fin_relay.cli", "worker",
+                "-c", str(concurrency), "-Q", queues, "-n", hostname]  # fmt: skip
+    if command == "celery-defaults":
+        return [sys.executable, "-m", "celery", "-A", "fin_relay.worker.app", "worker",
+                "-P", "threads", "-c", str(concurrency), "-Q", queues, "-n", hostname,
+                "-l", "info"]  # fmt: skip
+    raise ValueError(f"unknown worker command {command!r}: one of {WORKER_COMMANDS}")
+
+
 @pytest.fixture
 def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: ``worker_procs(redis_url, base_url=..., concurrency=8, env={...})``."""
+    """Factory: ``worker_procs(redis_url, base_url=..., concurrency=8, env={...},
+    command="celery")`` (``command``: see :func:`reliability_worker_command`)."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -72,13 +95,14 @@ def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         env: dict[str, str] | None = None,
         namespace: str = "fin",
         ready_timeout_s: float = 60.0,
+        command: str = "celery",
     ) -> WorkerProcess:
         index = len(started)
         hostname = f"rel{index}-{uuid.uuid4().hex[:6]}@test"
         log_path = tmp_path / f"worker-{index}.log"
         log_file = log_path.open("wb")
         process = subprocess.Popen(
-            worker_command(hostname, "threads", concurrency, "fin.calls,fin.events"),
+            reliability_worker_command(command, hostname, concurrency),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=worker_env(redis_url, base_url, "sim-token", namespace, dict(env or {})),

@@ -58,7 +58,8 @@ def test_enqueuer_survives_a_flushed_script_cache_and_a_timed_out_call(
 
     from fin_relay.contract.errors import BrokerUnavailableError
     from fin_relay.contract.names import Names
-    from fin_relay.webhook_ingest.enqueue import RedisEnqueuer, redis_client as make_client
+    from fin_relay.webhook_ingest.enqueue import RedisEnqueuer
+    from fin_relay.webhook_ingest.enqueue import redis_client as make_client
 
     async def scenario() -> tuple[list[bool], bool]:
         enqueuer = RedisEnqueuer(

@@ -1,0 +1,485 @@
+"""kombu's Redis transport with the fixes that fin-relay's delivery guarantees need.
+
+Used for every broker connection of fin-relay's Celery app whose URL selects kombu's stock
+Redis transport (``redis://``, ``rediss://``, ``redis+socket://``): :class:`AMQP` gives the app
+a :class:`Connection` whose :meth:`~Connection.get_transport_cls` swaps that one class for
+:class:`Transport`. URL parsing, ``rediss://`` TLS defaults and the URL Celery logs stay
+kombu's own (``broker_transport`` would lose both). Sentinel and RabbitMQ are left alone.
+
+kombu 5.7.0 loses or crashes in three places when Redis goes away (docs/guarantees.md):
+
+1. **Atomic take** (``Channel._brpop_start``/``_brpop_read``). kombu takes a message with
+   ``BRPOP`` and records it in its ``unacked`` hash (``ZADD`` + ``HSET``) with a second
+   command. Two windows lose the message: Redis dies between the two commands (the record
+   cannot be written, kombu drops the message), or Redis persisted the pop but the ``BRPOP``
+   reply never reached the worker (Redis shutting down exits without writing pending
+   replies; a kill between the AOF write and the reply does the same). Here one Lua script
+   takes *and* records (``_TAKE_SCRIPT``: ``LINDEX``, ``ZADD``, ``HSET``, ``RPOP``): Redis
+   applies and persists all or nothing. A reply that is
+   lost leaves the record, so the message is restored like any unacked one; sooner, in
+   fact: the script also notes the last tag it handed to this channel (``inflight`` key),
+   and when the channel's connection breaks with a reply outstanding, the next channel of
+   the process (Celery's reconnect) puts that message back at the head of its queue unless
+   the reply had arrived. A script cannot block like ``BRPOP``: when every queue is empty
+   the channel polls again after 2 ms, backing off to ``IDLE_POLL_MAX_S`` (50 ms; a read-only
+   ``LINDEX`` per queue, nothing written). Not used with ``global_keyprefix`` (kombu prefixes
+   only one key of ``EVALSHA``): then kombu's ``BRPOP`` with fix 2 below.
+
+2. **Held messages** (``QoS.append``, kombu's ``BRPOP`` path only). When the unacked record
+   cannot be written, the message is held in the process and pushed back to the head of its
+   queue as soon as Redis answers (next channel, or kombu's periodic unacked sweep), in one
+   ``MULTI``/``EXEC`` that also removes a record the failed write may have left. The error is
+   re-raised, so Celery reconnects as before. Held messages still there at shutdown are
+   put back or named in a CRITICAL line (``fin_relay.worker.app``).
+
+3. **Detached channels** (``Channel._connparams``). During connection-loss handling Celery
+   calls ``Connection.collect()``, which detaches the transport (``transport.client = None``);
+   a channel whose ``close()`` raised on the dead socket (a pending ``BRPOP``), left open
+   because the remote-control channel's ``close()`` raised next, is closed again by
+   ``Connection.close()``, whose unacked restore builds a pool with ``_connparams`` reading
+   ``self.connection.client.hostname``: ``AttributeError``, not a connection error, so Celery
+   stops ("Unrecoverable error"). Acks of tasks finishing later take the same path. Here a
+   channel keeps the parameters it was created with and uses them once detached: such calls
+   succeed when Redis is back and raise a connection error (handled by Celery) while it is not.
+
+Not a fix but a cost: kombu builds a new ``redis.Redis`` client object for every ack (and
+every other command it sends outside the consuming connection), a third of the per-message
+CPU it spends in a busy worker. ``Channel.conn_or_acquire`` here reuses one client per
+connection pool (clients are thread-safe; the pool and its connections are kombu's as before).
+
+Verified against kombu 5.7 (``KOMBU_VERIFIED``; ``tests/worker/test_transport.py`` fails on
+another version, so an upgrade re-checks these overrides and re-runs
+``tests/reliability/test_redis_restart.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from queue import Empty
+from typing import Any
+
+import kombu
+import kombu.transport.redis
+import kombu.transport.virtual
+import kombu.utils.encoding
+import kombu.utils.json
+import redis
+from celery.app.amqp import AMQP as CeleryAMQP
+
+# kombu is only partly typed: its Redis transport is used as untyped.
+kombu_redis: Any = kombu.transport.redis
+kombu_virtual: Any = kombu.transport.virtual
+dumps: Any = kombu.utils.json.dumps
+loads: Any = kombu.utils.json.loads
+bytes_to_str: Any = kombu.utils.encoding.bytes_to_str
+KombuConnection: Any = kombu.Connection  # type: ignore[attr-defined]
+
+log = logging.getLogger("fin_relay.worker.transport")
+
+#: kombu (major, minor) versions these overrides were checked against, line by line.
+KOMBU_VERIFIED = ((5, 7),)
+
+#: Empty-queue polling of the atomic take: first retry after the minimum, doubling to the max.
+IDLE_POLL_MIN_S = 0.002
+IDLE_POLL_MAX_S = 0.05
+
+
+def kombu_version() -> str:
+    return ".".join(str(part) for part in kombu.VERSION[:3])
+
+
+def kombu_verified() -> bool:
+    return tuple(kombu.VERSION[:2]) in KOMBU_VERIFIED
+
+
+# --- fix 1: atomic take ----------------------------------------------------------------------
+
+#: KEYS: unacked index, unacked hash, this channel's inflight key, then the queues in order.
+#: ARGV: now (s), inflight key TTL (ms). Returns {queue, message, recorded} or false.
+_TAKE_SCRIPT = """
+for i = 4, #KEYS do
+    local item = redis.call('LINDEX', KEYS[i], -1)
+    if item then
+        local ok, message = pcall(cjson.decode, item)
+        local properties = ok and type(message) == 'table' and message['properties']
+        local tag = type(properties) == 'table' and properties['delivery_tag']
+        if type(tag) ~= 'string' then
+            redis.call('RPOP', KEYS[i])
+            return {KEYS[i], item, 0}  -- not a kombu message: handed over as BRPOP would
+        end
+        local info = properties['delivery_info']
+        local exchange, routing_key = '', ''
+        if type(info) == 'table' then
+            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+        end
+        -- the record first: ZADD is refused when Redis is out of memory (noeviction), and
+        -- then nothing has been taken
+        redis.call('ZADD', KEYS[1], ARGV[1], tag)
+        -- kombu's own record: JSON [message, exchange, routing_key]
+        redis.call('HSET', KEYS[2], tag,
+            '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+        redis.call('RPOP', KEYS[i])
+        redis.call('SET', KEYS[3], tag, 'PX', ARGV[2])
+        return {KEYS[i], item, 1}
+    end
+end
+return false
+"""
+_TAKE_SHA = hashlib.sha1(_TAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id
+
+
+@dataclass
+class _Orphan:
+    """The inflight key of a channel whose connection broke with a take outstanding."""
+
+    key: str
+    last_received: str | None  # the last tag whose reply this process did read
+
+
+_orphans: list[_Orphan] = []
+_orphans_lock = threading.Lock()
+
+
+def _orphan(orphan: _Orphan) -> None:
+    with _orphans_lock:
+        _orphans.append(orphan)
+
+
+def _take_orphans() -> list[_Orphan]:
+    with _orphans_lock:
+        batch = list(_orphans)
+        _orphans.clear()
+    return batch
+
+
+def _put_back_orphans(batch: list[_Orphan]) -> None:
+    with _orphans_lock:
+        _orphans[:0] = batch
+
+
+# --- fix 2: held messages (kombu's BRPOP path) -----------------------------------------------
+
+
+@dataclass
+class HeldMessage:
+    """A message taken from its queue whose unacked record could not be written."""
+
+    payload: dict[str, Any]  # kombu's raw message, as BRPOP returned it
+    exchange: str
+    routing_key: str
+    delivery_tag: str
+
+    def describe(self) -> str:
+        headers = self.payload.get("headers") or {}
+        # task name and id only: never the arguments (customer data)
+        return f"{headers.get('task', '?')}[{headers.get('id', self.delivery_tag)}]"
+
+
+_held: list[HeldMessage] = []
+_held_lock = threading.Lock()
+
+
+def held_messages() -> list[HeldMessage]:
+    """The messages this process holds for a Redis that did not answer (a copy)."""
+    with _held_lock:
+        return list(_held)
+
+
+def _hold(message: HeldMessage) -> None:
+    with _held_lock:
+        _held.append(message)
+
+
+def _take_held() -> list[HeldMessage]:
+    with _held_lock:
+        batch = list(_held)
+        _held.clear()
+    return batch
+
+
+def _put_back(batch: list[HeldMessage]) -> None:
+    with _held_lock:
+        _held[:0] = batch
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    def append(self, message: Any, delivery_tag: str) -> None:
+        recorded = self.channel._recorded
+        if delivery_tag in recorded:
+            # the take script already wrote the unacked record: in-memory bookkeeping only
+            recorded.discard(delivery_tag)
+            kombu_virtual.QoS.append(self, message, delivery_tag)
+            return
+        try:
+            super().append(message, delivery_tag)
+        except Exception as exc:
+            # The message is off its queue (BRPOP) but not in the unacked hash: without this,
+            # it would exist only here and be dropped with the connection.
+            info = message.delivery_info
+            held = HeldMessage(message._raw, info["exchange"], info["routing_key"], delivery_tag)
+            _hold(held)
+            log.warning(
+                "broker write failed right after %s was taken from its queue (%r): kept in "
+                "memory, put back on the queue when Redis answers",
+                held.describe(),
+                exc,
+            )
+            raise
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        # kombu's periodic unacked sweep (every unacked_restore_interval s) also puts back
+        # what this process holds, in case no new channel is created once Redis answers.
+        self.channel.restore_held()
+        return super().restore_visible(*args, **kwargs)
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = QoS
+
+    #: Fix 1 on (off: kombu's BRPOP, with fix 2; tests use it to reach that path).
+    ATOMIC_TAKE = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # parameters computed while attached to the transport, per ``asynchronous`` (fix 3)
+        self._attached_params: dict[bool, dict[str, Any]] = {}
+        self._recorded: set[str] = set()  # tags whose unacked record the take script wrote
+        self._last_received: str | None = None
+        self._inflight_key = ""
+        self._shared_client: Any = None  # see conn_or_acquire
+        self._idle_polls = 0
+        self._take_after = 0.0
+        self.atomic_take = False
+        super().__init__(*args, **kwargs)  # connects (PING): Redis answers
+        self._connparams(asynchronous=False)  # remember the sync pool's parameters too
+        self.atomic_take = self.ATOMIC_TAKE and not self.global_keyprefix
+        self._inflight_key = f"{self.unacked_key}_inflight:{uuid.uuid4().hex}"
+        self.restore_held()
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """kombu's, minus a new ``redis.Redis`` per call: one client per pool, reused."""
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or self._pool is None or shared.connection_pool is not self._pool:
+            shared = self._shared_client = self._create_client()  # (re)creates the pool
+        yield shared
+
+    # fix 3: detached channels
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        transport = self.connection
+        if transport is None or transport.client is None:
+            # Detached by Connection.collect()/close(): kombu would raise AttributeError.
+            params = self._attached_params.get(asynchronous)
+            if params is None:
+                raise kombu_redis.get_redis_ConnectionError()(
+                    "the broker connection of this channel is closed"
+                )
+            return dict(params)
+        attached: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        self._attached_params[asynchronous] = dict(attached)
+        return attached
+
+    # fix 1: atomic take
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self.atomic_take:
+            super()._brpop_start(timeout)
+            return
+        wait_s = self._take_after - time.monotonic()
+        if wait_s > 0:
+            if not self.connection.cycle._in_protected_read:
+                return  # event loop: a timer (Transport.on_idle_poll) brings it back
+            time.sleep(wait_s)  # drain_events() without an event loop: wait here instead
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(
+            "EVALSHA",
+            _TAKE_SHA,
+            3 + len(keys),
+            self.unacked_index_key,
+            self.unacked_key,
+            self._inflight_key,
+            *keys,
+            repr(time.time()),
+            max(1, int(self.visibility_timeout * 1000)),
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self.atomic_take:
+            read: bool = super()._brpop_read(**options)
+            return read
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except self.connection_errors:
+                # the reply is lost with the connection: _on_connection_disconnect notes it
+                self.client.connection.disconnect()
+                raise
+            except redis.exceptions.NoScriptError:
+                with self.conn_or_acquire() as client:  # new or restarted Redis: load it
+                    client.script_load(_TAKE_SCRIPT)
+                raise Empty() from None
+            if not reply:
+                self._idle_polls += 1
+                delay_s = min(IDLE_POLL_MAX_S, IDLE_POLL_MIN_S * 2 ** (self._idle_polls - 1))
+                self._take_after = time.monotonic() + delay_s
+                self.connection.on_idle_poll(delay_s)
+                raise Empty()
+            self._idle_polls = 0
+            self._take_after = 0.0
+            dest, item, recorded = reply
+            payload = loads(bytes_to_str(item))
+            if recorded:
+                tag = payload["properties"]["delivery_tag"]
+                self._last_received = tag
+                self._recorded.add(tag)
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        if self.atomic_take and self._in_poll is not None and self._in_poll is connection:
+            # A take was outstanding: its reply is lost. The next channel checks what Redis
+            # noted for this key; this channel continues with a new key.
+            _orphan(_Orphan(self._inflight_key, self._last_received))
+            self._inflight_key = f"{self.unacked_key}_inflight:{uuid.uuid4().hex}"
+        super()._on_connection_disconnect(connection)
+
+    # putting back what Redis could not be told about (fixes 1 and 2)
+
+    def restore_held(self) -> int:
+        """Put back held messages and messages of lost take replies; -> how many."""
+        return self._restore_orphans() + self._restore_held()
+
+    def _restore_orphans(self) -> int:
+        batch = _take_orphans()
+        if not batch:
+            return 0
+        done, restored = 0, 0
+        try:
+            with self.conn_or_acquire() as client:
+                for orphan in batch:
+                    tag = bytes_to_str(client.get(orphan.key) or "")
+                    if tag and tag != orphan.last_received:
+                        # popped and recorded by the script, reply never read: back to the
+                        # head of its queue (a no-op if already restored or acked)
+                        self.qos.restore_by_tag(tag, client)
+                        restored += 1
+                        log.warning(
+                            "the reply taking message %s was lost with the broker "
+                            "connection: put it back on its queue",
+                            tag,
+                        )
+                    client.delete(orphan.key)
+                    done += 1
+        except Exception as exc:
+            _put_back_orphans(batch[done:])
+            log.debug("%d lost take reply(ies) not checked yet: %r", len(batch) - done, exc)
+        return restored
+
+    def _restore_held(self) -> int:
+        batch = _take_held()
+        if not batch:
+            return 0
+        done = 0
+        try:
+            with self.conn_or_acquire() as client:
+                for held in batch:
+                    self._restore_held_one(client, held)
+                    done += 1
+        except Exception as exc:
+            _put_back(batch[done:])
+            log.debug("%d held message(s) not put back yet: %r", len(batch) - done, exc)
+        if done:
+            log.warning(
+                "put %d held message(s) back on their queue: %s",
+                done,
+                ", ".join(h.describe() for h in batch[:done]),
+            )
+        return done
+
+    def _restore_held_one(self, client: Any, held: HeldMessage) -> None:
+        queues = self._lookup(held.exchange, held.routing_key)
+        priority = self._get_message_priority(held.payload, reverse=False)
+        body = dumps(held.payload)
+        with client.pipeline() as pipe:  # MULTI/EXEC: exactly one copy, wherever it was
+            # the failed append may have reached Redis before the connection broke
+            pipe.zrem(self.unacked_index_key, held.delivery_tag)
+            pipe.hdel(self.unacked_key, held.delivery_tag)
+            for queue in queues:
+                # RPUSH: BRPOP takes from the right, so it is the next message delivered
+                pipe.rpush(self._q_for_pri(queue, priority), body)
+            pipe.execute()
+
+
+def _wake() -> None:
+    """A timer callback doing nothing: firing it makes the event loop poll the queues."""
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+    _loop: Any = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        self._loop = loop
+
+    def on_idle_poll(self, delay_s: float) -> None:
+        """Every queue was empty: make the event loop come back in ``delay_s``."""
+        if self._loop is not None:
+            self._loop.call_later(delay_s, _wake)
+
+
+def lost_take_replies() -> int:
+    """How many lost take replies this process has not checked yet (fix 1)."""
+    with _orphans_lock:
+        return len(_orphans)
+
+
+def restore_held_messages(connection: Any) -> int:
+    """Put back held messages and messages of lost take replies through ``connection`` (a
+    kombu Connection); -> how many were pending before."""
+    before = len(held_messages()) + lost_take_replies()
+    if before:
+        connection.channel().close()  # a new channel puts back what it can (Channel.__init__)
+    return before
+
+
+# --- wiring ----------------------------------------------------------------------------------
+
+
+class Connection(KombuConnection):  # type: ignore[misc]
+    """A kombu Connection that uses :class:`Transport` where kombu would use its Redis one."""
+
+    def get_transport_cls(self) -> Any:
+        cls = super().get_transport_cls()
+        if cls is kombu_redis.Transport:
+            return Transport
+        return cls
+
+
+class AMQP(CeleryAMQP):  # type: ignore[misc]
+    """Celery's AMQP helper with :class:`Connection` (``Celery(amqp=...)``)."""
+
+    Connection = Connection
+    BrokerConnection = Connection
