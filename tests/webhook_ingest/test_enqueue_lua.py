@@ -51,9 +51,8 @@ def test_malformed_batch_writes_nothing(
 def test_enqueuer_survives_a_flushed_script_cache_and_a_timed_out_call(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """The enqueuer's held connection: EVALSHA after SCRIPT FLUSH falls back to EVAL, and a
-    call cut short by its timeout drops the connection (its late reply is never read as the
-    next batch's)."""
+    """The enqueuer's script call: after SCRIPT FLUSH it loads the script again, and a call cut
+    short by its timeout leaves no late reply to be read as the next batch's."""
     import asyncio
 
     from fin_relay.contract.errors import BrokerUnavailableError
