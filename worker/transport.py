@@ -21,7 +21,7 @@ kombu 5.7.0 loses or crashes in three places when Redis goes away (docs/guarante
    and when the channel's connection breaks with a reply outstanding, the next channel of
    the process (Celery's reconnect) puts that message back at the head of its queue unless
    the reply had arrived. A script cannot block like ``BRPOP``: when every queue is empty
-   the channel polls again after 2 ms, backing off to ``IDLE_POLL_MAX_S`` (50 ms; a read-only
+   the channel polls again after 2 ms, backing off to ``IDLE_POLL_MAX_S`` (10 ms; a read-only
    ``LINDEX`` per queue, nothing written). Not used with ``global_keyprefix`` (kombu prefixes
    only one key of ``EVALSHA``): then kombu's ``BRPOP`` with fix 2 below.
 
@@ -88,7 +88,7 @@ KOMBU_VERIFIED = ((5, 7),)
 
 #: Empty-queue polling of the atomic take: first retry after the minimum, doubling to the max.
 IDLE_POLL_MIN_S = 0.002
-IDLE_POLL_MAX_S = 0.05
+IDLE_POLL_MAX_S = 0.01
 
 
 def kombu_version() -> str:
