@@ -137,7 +137,12 @@ def _scenario_notes(results: dict[str, Any]) -> list[str]:
             f"simulator at 50 ms. Cap = min(64 / 50 ms, bare) = {w['cap_jobs_s']:,.0f} "
             f"calls/s. Calls/s by concurrency: {sweep}. The c64 comparison ran "
             f"{len(w.get('rounds', []))} round(s) (fin-relay then bare); the table shows the "
-            f"round with the median ratio. Rounds: {rounds}.",
+            f"round with the median ratio. Rounds: {rounds}. fin-relay's worker consumes "
+            "through its own kombu Redis transport (atomic take: one round trip per message "
+            "instead of BRPOP + a separate unacked write; one Redis client per pool instead "
+            'of one per ack; `docs/worker.md`, "Broker transport"), which is part of the '
+            "product; the bare task uses kombu's stock transport, as a user's own Celery app "
+            "would.",
             "",
         ]
     if "rate" in results:
