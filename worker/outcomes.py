@@ -134,7 +134,6 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
     job_key = names.job(ctx.job_id)
     pipe = rt.redis.pipeline(transaction=False)
     add_publish(pipe, names, names.results, envelope, maxlen=maxlen)
-    dead_index = None
     if outcome.kind == "failed":
         dead_letter(
             pipe,
@@ -149,8 +148,8 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
             conversation_id=ctx.conversation_id,
             data={k: v for k, v in envelope.data.items() if k != "task"},
             maxlen=maxlen,
+            record_entry=(job_key, "dead_entry"),  # before the outcome, like everything else
         )
-        dead_index = _index_of_xadd(pipe, names.dead)
     elif outcome.kind == "succeeded" and ctx.job_hash.get("dead_entry"):
         pipe.xdel(names.dead, ctx.job_hash["dead_entry"])
         pipe.delete(names.dead_payload(ctx.job_id))
@@ -165,19 +164,9 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
         job_key,
         mapping={"outcome": outcome.kind, "finished_ms": _now_ms(), "attempts": ctx.attempts},
     )
-    results = rt.batch.execute_pipeline(pipe)  # one round trip, shared with other threads
-    if dead_index is not None:
-        rt.redis.hset(job_key, "dead_entry", results[dead_index])
+    rt.batch.execute_pipeline(pipe)  # one round trip, shared with other threads
     log_outcome(ctx, outcome)
     return envelope
-
-
-def _index_of_xadd(pipe: Any, stream: str) -> int | None:
-    index = None
-    for i, (args, _options) in enumerate(pipe.command_stack):
-        if args and str(args[0]).upper() == "XADD" and args[1] == stream:
-            index = i
-    return index
 
 
 def log_outcome(ctx: JobContext, outcome: Outcome) -> None:

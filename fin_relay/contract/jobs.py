@@ -216,6 +216,7 @@ def dead_letter(
     conversation_id: str | None,
     data: dict[str, Any],
     maxlen: int,
+    record_entry: tuple[str, str] | None = None,
 ) -> Envelope:
     """Queue a dead letter on a redis-py pipeline; return its envelope.
 
@@ -223,7 +224,9 @@ def dead_letter(
       may contain attachment data, so it is never published);
     * ``{ns}:dead`` (stream + channel) and the conversation channel get an envelope of type
       ``job.dead`` or ``event.dead`` whose ``data`` has ``reason``, ``dead_id``, ``task``,
-      ``task_id`` and the caller's ``data`` (which must hold no attachment data).
+      ``task_id`` and the caller's ``data`` (which must hold no attachment data);
+    * with ``record_entry=(hash key, field)``, the ``{ns}:dead`` entry id is written there by
+      the same command as the entry (the worker's job hash ``dead_entry``).
     """
     payload = {
         "task": task,
@@ -238,7 +241,7 @@ def dead_letter(
         conversation_id=conversation_id,
         data={"reason": reason, "dead_id": dead_id, "task": task, "task_id": task_id, **data},
     )
-    add_publish(pipe, names, names.dead, envelope, maxlen=maxlen)
+    add_publish(pipe, names, names.dead, envelope, maxlen=maxlen, record_id=record_entry)
     return envelope
 
 

@@ -12,14 +12,35 @@ from typing import Any
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import Names
 
+#: XADD KEYS[1] (MAXLEN ~ ARGV[1], fields ARGV[3..]) and HSET KEYS[2] ARGV[2] <the new id>.
+_XADD_RECORDING_ID = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('HSET', KEYS[2], ARGV[2], id)
+return id
+"""
 
-def add_publish(pipe: Any, names: Names, stream: str, envelope: Envelope, *, maxlen: int) -> None:
+
+def add_publish(
+    pipe: Any,
+    names: Names,
+    stream: str,
+    envelope: Envelope,
+    *,
+    maxlen: int,
+    record_id: tuple[str, str] | None = None,
+) -> None:
     """Queue the commands publishing ``envelope`` on ``stream`` onto a redis-py pipeline.
 
     XADD ``stream`` (capped), PUBLISH ``stream``, and PUBLISH the conversation's channel when the
-    envelope has a conversation id. Works with sync and asyncio pipelines alike.
+    envelope has a conversation id. Works with sync and asyncio pipelines alike. With
+    ``record_id=(hash key, field)`` the new entry's id is also written to that hash field by
+    the same command (a script), so no reader ever sees the entry without the record.
     """
-    pipe.xadd(stream, envelope.stream_fields(), maxlen=maxlen, approximate=True)
+    if record_id is None:
+        pipe.xadd(stream, envelope.stream_fields(), maxlen=maxlen, approximate=True)
+    else:
+        flat = [part for item in envelope.stream_fields().items() for part in item]
+        pipe.eval(_XADD_RECORDING_ID, 2, stream, record_id[0], maxlen, record_id[1], *flat)
     text = envelope.to_json()
     pipe.publish(stream, text)
     if envelope.conversation_id:
