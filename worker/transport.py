@@ -64,7 +64,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import kombu
 import kombu.transport.redis
@@ -83,6 +83,8 @@ bytes_to_str: Any = kombu.utils.encoding.bytes_to_str
 KombuConnection: Any = kombu.Connection  # type: ignore[attr-defined]
 
 log = logging.getLogger("fin_relay.worker.transport")
+
+_T = TypeVar("_T")
 
 #: kombu (major, minor) versions these overrides were checked against, line by line.
 KOMBU_VERIFIED = ((5, 7),)
@@ -150,25 +152,36 @@ class _Orphan:
     last_received: str | None  # the last tag whose reply this process did read
 
 
-_orphans: list[_Orphan] = []
-_orphans_lock = threading.Lock()
+class _Pending(Generic[_T]):
+    """A process-wide list shared by the consumer and pool threads: what is still to put back."""
+
+    def __init__(self) -> None:
+        self._items: list[_T] = []
+        self._lock = threading.Lock()
+
+    def add(self, item: _T) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def snapshot(self) -> list[_T]:
+        with self._lock:
+            return list(self._items)
+
+    def take_all(self) -> list[_T]:
+        with self._lock:
+            batch, self._items = self._items, []
+        return batch
+
+    def put_back(self, batch: list[_T]) -> None:
+        """Return what could not be handled yet, ahead of what arrived meanwhile."""
+        with self._lock:
+            self._items[:0] = batch
 
 
-def _orphan(orphan: _Orphan) -> None:
-    with _orphans_lock:
-        _orphans.append(orphan)
-
-
-def _take_orphans() -> list[_Orphan]:
-    with _orphans_lock:
-        batch = list(_orphans)
-        _orphans.clear()
-    return batch
-
-
-def _put_back_orphans(batch: list[_Orphan]) -> None:
-    with _orphans_lock:
-        _orphans[:0] = batch
+_orphans: _Pending[_Orphan] = _Pending()
+_orphan = _orphans.add
+_take_orphans = _orphans.take_all
+_put_back_orphans = _orphans.put_back
 
 
 # --- fix 2: held messages (kombu's BRPOP path) -----------------------------------------------
@@ -189,31 +202,15 @@ class HeldMessage:
         return f"{headers.get('task', '?')}[{headers.get('id', self.delivery_tag)}]"
 
 
-_held: list[HeldMessage] = []
-_held_lock = threading.Lock()
+_held: _Pending[HeldMessage] = _Pending()
+_hold = _held.add
+_take_held = _held.take_all
+_put_back = _held.put_back
 
 
 def held_messages() -> list[HeldMessage]:
     """The messages this process holds for a Redis that did not answer (a copy)."""
-    with _held_lock:
-        return list(_held)
-
-
-def _hold(message: HeldMessage) -> None:
-    with _held_lock:
-        _held.append(message)
-
-
-def _take_held() -> list[HeldMessage]:
-    with _held_lock:
-        batch = list(_held)
-        _held.clear()
-    return batch
-
-
-def _put_back(batch: list[HeldMessage]) -> None:
-    with _held_lock:
-        _held[:0] = batch
+    return _held.snapshot()
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -463,8 +460,7 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 def lost_take_replies() -> int:
     """How many lost take replies this process has not checked yet (fix 1)."""
-    with _orphans_lock:
-        return len(_orphans)
+    return len(_orphans.snapshot())
 
 
 def restore_held_messages(connection: Any) -> int:
