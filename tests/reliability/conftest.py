@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,13 @@ import pytest
 
 from fin_relay.embedded_redis import EmbeddedRedis, free_port
 from fin_relay.simulator.server import SimulatorConfig, SubprocessHandle, start_subprocess
-from tests.fixtures.worker import WorkerProcess, wait_ready, worker_command, worker_env
+from tests.fixtures.worker import (
+    WorkerProcess,
+    spawn_worker,
+    wait_ready,
+    worker_command,
+    worker_env,
+)
 
 
 @pytest.fixture
@@ -99,16 +104,13 @@ def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     ) -> WorkerProcess:
         index = len(started)
         hostname = f"rel{index}-{uuid.uuid4().hex[:6]}@test"
-        log_path = tmp_path / f"worker-{index}.log"
-        log_file = log_path.open("wb")
-        process = subprocess.Popen(
+        worker = spawn_worker(
             reliability_worker_command(command, hostname, concurrency),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=worker_env(redis_url, base_url, "sim-token", namespace, dict(env or {})),
-            cwd=str(tmp_path),
+            worker_env(redis_url, base_url, "sim-token", namespace, dict(env or {})),
+            tmp_path / f"worker-{index}.log",
+            hostname=hostname,
+            namespace=namespace,
         )
-        worker = WorkerProcess(process, hostname, log_path, namespace, log_file)
         started.append(worker)
         wait_ready(worker, redis_url, ready_timeout_s)
         return worker
