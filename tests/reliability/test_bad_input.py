@@ -11,8 +11,6 @@ enqueued); this one goes below httpx, where a client cannot produce malformed fr
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import random
 from collections import Counter
@@ -20,7 +18,7 @@ from collections import Counter
 import pytest
 import redis
 
-from tests.fixtures.ingest import TEST_SECRET, IngestServer
+from tests.fixtures.ingest import IngestServer, sign_body
 from tests.reliability.helpers import report
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
@@ -58,8 +56,8 @@ def random_body(rng: random.Random) -> bytes:
 
 def bad_signature(rng: random.Random, body: bytes) -> list[str]:
     """Signature headers that are never valid for ``body`` under TEST_SECRET."""
-    wrong = "sha256=" + hmac.new(b"wrong-secret", body, hashlib.sha256).hexdigest()
-    right = "sha256=" + hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    wrong = sign_body(body, "wrong-secret")
+    right = sign_body(body)
     roll = rng.random()
     if roll < 0.2:
         return []

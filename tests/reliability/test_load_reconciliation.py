@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from fin_relay.embedded_redis import EmbeddedRedis
-from tests.fixtures.ingest import IngestServer, sign_body
+from tests.fixtures.ingest import IngestServer, webhook_headers
 from tests.fixtures.worker import enqueue_job, start_kwargs
 from tests.reliability.helpers import (
     FULL,
@@ -70,10 +70,7 @@ async def drive(
 
         async def webhook(i: int) -> None:
             body = json.dumps(fin_replied(f"load-e-{i}", f"load-m-{i}")).encode()
-            headers = {
-                "content-type": "application/json",
-                "x-fin-agent-api-webhook-signature": sign_body(body),
-            }
+            headers = webhook_headers(body)
             try:
                 response = await http.post(url, content=body, headers=headers)
                 statuses[i] = response.status_code

@@ -39,7 +39,7 @@ import pytest
 import redis
 
 from fin_relay.embedded_redis import EmbeddedRedis
-from tests.fixtures.ingest import IngestServer, queued_events, sign_body
+from tests.fixtures.ingest import IngestServer, queued_events, webhook_headers
 from tests.fixtures.worker import enqueue_job, start_kwargs
 from tests.reliability.helpers import (
     FULL,
@@ -102,10 +102,7 @@ class LoadLoop:
                 body = json.dumps(
                     fin_replied(f"{self.prefix}-c-{index}", self.message_id(index))
                 ).encode()
-                headers = {
-                    "content-type": "application/json",
-                    "x-fin-agent-api-webhook-signature": sign_body(body),
-                }
+                headers = webhook_headers(body)
                 started = time.monotonic()
                 status, error = None, None
                 try:

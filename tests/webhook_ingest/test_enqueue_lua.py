@@ -74,7 +74,8 @@ def test_enqueuer_survives_a_flushed_script_cache_and_a_timed_out_call(
             await enqueuer.enqueue("e3", b'{"n":3}', 4)
         except BrokerUnavailableError:
             timed_out = True
-        redis_client.client_unpause()
+        finally:
+            redis_client.client_unpause()
         # a duplicate then a new event: a desynchronised connection would answer each with
         # the reply of the call before it
         flags.append(await enqueuer.enqueue("e1", b'{"n":1}', 5))

@@ -54,8 +54,9 @@ def test_compact_list_matches_the_json_encoder(fields: list[Any]) -> None:
 def test_fin_time_ms_matches_parse_fin_time(moment: Any, millis: int) -> None:
     value = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
     value = value.rjust(24, "0")  # strftime does not pad years below 1000 everywhere
-    assert fin_time_ms(value) == int(parse_fin_time(value).timestamp() * 1000)
-    assert fin_time_ms(value) == fin_time_ms(value)  # second call: from the cache
+    expected = int(parse_fin_time(value).timestamp() * 1000)
+    assert fin_time_ms(value) == expected
+    assert fin_time_ms(value) == expected  # second call: from the cache
 
 
 @pytest.mark.parametrize(
