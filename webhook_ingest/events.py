@@ -189,7 +189,7 @@ _ENCODE_STR: Any = json.encoder.encode_basestring  # what _COMPACT uses for a st
 
 
 def _compact_list(fields: list[Any]) -> str:
-    """``_COMPACT.encode(fields)``; lists of strings and ``None`` (the usual key fields) are
+    """``_COMPACT.encode(fields)``; lists of strings, ints and ``None`` (the usual key fields) are
     joined directly, skipping the encoder's per-call set-up."""
     parts = []
     for field in fields:
@@ -197,6 +197,8 @@ def _compact_list(fields: list[Any]) -> str:
             parts.append(_ENCODE_STR(field))
         elif field is None:
             parts.append("null")
+        elif type(field) is int:  # fin_reply_chunk's chunk_index, fin_replied's timestamp_ms
+            parts.append(int.__repr__(field))
         else:
             return _COMPACT.encode(fields)
     return "[" + ",".join(parts) + "]"

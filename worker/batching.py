@@ -91,10 +91,22 @@ class Coalescer:
         successor.done.set()
 
     def _round_trip(self, commands: list[Command]) -> list[Any]:
-        """Send ``commands`` in one write on the held connection; replies (errors as values)."""
+        """Send ``commands`` in one write on the held connection; replies (errors as values).
+
+        Before sending, the socket is checked as the pool checks one it hands out: one Redis
+        closed (restart, idle timeout, CLIENT KILL) is replaced by a fresh connection, so it
+        costs a reconnect, not a failed round trip for every job in it. Nothing is re-sent
+        after a failure (commands may have run)."""
         if self._conn is None:
             self._conn = self._client.connection_pool.get_connection()
         conn, client = self._conn, cast(Any, self._client)
+        try:
+            conn.connect()
+            if conn.can_read():  # a closed socket reads EOF; a live idle one has nothing
+                raise redis.ConnectionError("held connection not ready")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            conn.connect()
         try:
             conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
             replies: list[Any] = []
@@ -103,11 +115,11 @@ class Coalescer:
                     replies.append(client.parse_response(conn, args[0], **options))
                 except redis.ResponseError as exc:
                     replies.append(exc)
+            return replies
         except BaseException:
             # The stream may be out of step (a reply half read): never reuse this socket.
             conn.disconnect()
             raise
-        return replies
 
     def _run(self, batch: list[_Item]) -> None:
         try:

@@ -63,3 +63,17 @@ def test_a_connection_error_reaches_the_caller() -> None:
     client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with pytest.raises(redis.ConnectionError):
         Coalescer(client).execute([(("PING",), {})])
+
+
+def test_a_connection_closed_by_redis_is_retried_on_a_fresh_socket(redis_url: str) -> None:
+    """A held socket Redis closed (restart, idle timeout, CLIENT KILL) costs a reconnect, not
+    a failed round trip for every job in it (as ``Pipeline.execute`` behaves)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    batch = Coalescer(client)
+    assert batch.execute([(("SET", "k", "1"), {})]) == [True]
+    held_id = batch._conn.send_command("CLIENT", "ID") or batch._conn.read_response()
+    assert admin.client_kill_filter(_id=held_id) == 1
+    assert batch.execute([(("INCR", "k"), {}), (("GET", "k"), {})]) == [2, "2"]
+    client.close()
+    admin.close()
