@@ -347,16 +347,14 @@ def run(args: argparse.Namespace) -> int:
         client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
         ok = True
         if not args.no_demo:
-            producer = Producer(
-                load(
-                    ProducerSettings,
-                    redis_url=env["REDIS_URL"],
-                    fin_broker_url=None,
-                    fin_relay_namespace=args.namespace,
-                )
+            settings = load(
+                ProducerSettings,
+                redis_url=env["REDIS_URL"],
+                fin_broker_url=None,
+                fin_relay_namespace=args.namespace,
             )
-            ok = run_demo(client, producer, names, out)
-            producer.close()
+            with Producer(settings) as producer:
+                ok = run_demo(client, producer, names, out)
         exports = " ".join(f"{k}={v}" for k, v in env.items())
         out("\nfin-relay is running. From another terminal:")
         out(f"  {exports} fin-relay watch")

@@ -141,9 +141,11 @@ def check_worker(settings: WorkerSettings, report: Report) -> None:
             else "broker is not Redis: no visibility-timeout redelivery",
         )
     try:
-        from fin_relay.worker.app import app
+        from fin_relay.worker.app import create_app
 
-        conf = app.conf
+        # a fresh app: its configuration is what a worker started now would load (the
+        # module's app may have loaded its configuration earlier, from another environment)
+        conf = create_app().conf
         late = bool(conf.task_acks_late) and bool(conf.task_reject_on_worker_lost)
         prefetch = conf.worker_prefetch_multiplier
     except Exception as exc:

@@ -78,11 +78,16 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def formatter(json_lines: bool | None = None) -> logging.Formatter:
+    """JSON lines unless stderr is a terminal (``json_lines`` decides when given)."""
+    use_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
+    return JsonFormatter() if use_json else TextFormatter()
+
+
 def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) -> None:
     """Route the root logger to stderr; JSON lines unless stderr is a terminal."""
-    use_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.setFormatter(formatter(json_lines))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,7 +4,7 @@ baseline.md 4c measured the framework tax on this exact endpoint: Starlette 0.78
 0.55x of raw ASGI, so the few routes are dispatched by hand. A webhook goes through a chain of
 small named steps, each of which either passes or raises :class:`Rejected`:
 
-``check_headers`` (413 by Content-Length, 415) → ``read_body`` (413 while streaming) →
+``check_headers`` (413 by Content-Length, 415) → ``read_rest`` (413 while streaming) →
 ``verify`` (401) → ``parse_body`` (400; no ``event_name`` = test ping → 200) → ``check_replay``
 (400 ``event_too_old``) → ``dedup_key`` → enqueue (atomic with the de-dup mark; 503 when Redis
 cannot confirm in time) → 202 new / 200 duplicate. Any other exception → 500, logged.
@@ -141,13 +141,9 @@ def check_headers(scope: Scope, max_body_bytes: int) -> tuple[int | None, bytes 
     return content_length, (signature if sig_count == 1 else None)
 
 
-async def read_body(receive: Receive, max_body_bytes: int) -> bytes:
-    """Read the request body, refusing (413) as soon as it grows past the cap."""
-    return await read_rest(await receive(), receive, max_body_bytes)
-
-
 async def read_rest(message: Message, receive: Receive, max_body_bytes: int) -> bytes:
-    """:func:`read_body` given the first ``http.request`` message already received."""
+    """The request body from its first ``http.request`` message on, refusing (413) as soon
+    as it grows past the cap."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -243,10 +239,8 @@ class IngestApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        if path == WEBHOOK_PATH:
-            if method == "POST":
-                await self._webhook(scope, receive, send)
-            elif method in ("GET", "HEAD"):
+        if path == WEBHOOK_PATH:  # POST never gets here: __call__ sends it to _webhook
+            if method in ("GET", "HEAD"):
                 await respond(send, 200, _OK, head=method == "HEAD")
             else:
                 await respond(

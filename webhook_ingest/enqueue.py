@@ -103,7 +103,6 @@ class RedisEnqueuer:
         max_inflight: int = 1,
     ) -> None:
         self._client = client
-        self._names = names
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
         self._max_batch = max_batch

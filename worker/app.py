@@ -112,11 +112,11 @@ def _check_settings(**_: Any) -> None:
 def _structured_logs(logger: Any = None, **_: Any) -> None:
     """One structured line per record: JSON when stderr is not a terminal (log shippers),
     readable text on a terminal (fin_relay.observability)."""
-    from fin_relay.observability import JsonFormatter, TextFormatter
+    from fin_relay.observability import formatter
 
-    formatter = TextFormatter() if sys.stderr.isatty() else JsonFormatter()
+    chosen = formatter()
     for handler in getattr(logger, "handlers", []):
-        handler.setFormatter(formatter)
+        handler.setFormatter(chosen)
 
 
 def _quiet_http_logs(**_: Any) -> None:

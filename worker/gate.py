@@ -66,7 +66,7 @@ class Gate:
         names: Names,
         sequencer: Sequencer,
         limiter: RateLimiter,
-        batch: Coalescer | None = None,
+        batch: Coalescer,
     ) -> None:
         self._names = names
         self._batch = batch
@@ -95,13 +95,9 @@ class Gate:
         )
         rl_keys, rl_args = self._limiter.acquire_call(self._names.job(job_id), stamp_field)
         keys, args = [*seq_keys, *rl_keys], [len(seq_args), *seq_args, *rl_args]
+        # shares a round trip with the other threads' gate calls and outcomes
         raw: list[Any]
-        if self._batch is None:
-            raw = self._script(keys=keys, args=args)
-        else:  # shares a round trip with the other threads' gate calls and outcomes
-            (raw,) = self._batch.execute(
-                [(("EVALSHA", self._script.sha, len(keys), *keys, *args), {})]
-            )
+        (raw,) = self._batch.execute([(("EVALSHA", self._script.sha, len(keys), *keys, *args), {})])
         acquired = None
         if MARK in raw[5:]:
             at = len(raw) - 1 - raw[::-1].index(MARK)

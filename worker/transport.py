@@ -179,9 +179,6 @@ class _Pending(Generic[_T]):
 
 
 _orphans: _Pending[_Orphan] = _Pending()
-_orphan = _orphans.add
-_take_orphans = _orphans.take_all
-_put_back_orphans = _orphans.put_back
 
 
 # --- fix 2: held messages (kombu's BRPOP path) -----------------------------------------------
@@ -203,9 +200,6 @@ class HeldMessage:
 
 
 _held: _Pending[HeldMessage] = _Pending()
-_hold = _held.add
-_take_held = _held.take_all
-_put_back = _held.put_back
 
 
 def held_messages() -> list[HeldMessage]:
@@ -228,7 +222,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             # it would exist only here and be dropped with the connection.
             info = message.delivery_info
             held = HeldMessage(message._raw, info["exchange"], info["routing_key"], delivery_tag)
-            _hold(held)
+            _held.add(held)
             log.warning(
                 "broker write failed right after %s was taken from its queue (%r): kept in "
                 "memory, put back on the queue when Redis answers",
@@ -368,7 +362,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if self.atomic_take and self._in_poll is not None and self._in_poll is connection:
             # A take was outstanding: its reply is lost. The next channel checks what Redis
             # noted for this key; this channel continues with a new key.
-            _orphan(_Orphan(self._inflight_key, self._last_received))
+            _orphans.add(_Orphan(self._inflight_key, self._last_received))
             self._inflight_key = f"{self.unacked_key}_inflight:{uuid.uuid4().hex}"
         super()._on_connection_disconnect(connection)
 
@@ -379,7 +373,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return self._restore_orphans() + self._restore_held()
 
     def _restore_orphans(self) -> int:
-        batch = _take_orphans()
+        batch = _orphans.take_all()
         if not batch:
             return 0
         done, restored = 0, 0
@@ -400,12 +394,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                     client.delete(orphan.key)
                     done += 1
         except Exception as exc:
-            _put_back_orphans(batch[done:])
+            _orphans.put_back(batch[done:])
             log.debug("%d lost take reply(ies) not checked yet: %r", len(batch) - done, exc)
         return restored
 
     def _restore_held(self) -> int:
-        batch = _take_held()
+        batch = _held.take_all()
         if not batch:
             return 0
         done = 0
@@ -415,7 +409,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                     self._restore_held_one(client, held)
                     done += 1
         except Exception as exc:
-            _put_back(batch[done:])
+            _held.put_back(batch[done:])
             log.debug("%d held message(s) not put back yet: %r", len(batch) - done, exc)
         if done:
             log.warning(

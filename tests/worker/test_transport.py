@@ -56,11 +56,11 @@ def aof_redis() -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture(autouse=True)
 def clean_process_state() -> Iterator[None]:
-    transport._take_held()
-    transport._take_orphans()
+    transport._held.take_all()
+    transport._orphans.take_all()
     yield
-    transport._take_held()
-    transport._take_orphans()
+    transport._held.take_all()
+    transport._orphans.take_all()
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def test_taken_message_is_recorded_until_acked_and_not_put_back_twice(
         got[0].ack()
         assert settled(aof_redis) == (1, 0, 0)
         # the reply did arrive: a later channel must not put it back
-        transport._orphan(
+        transport._orphans.add(
             transport._Orphan(conn.default_channel._inflight_key, got[0].delivery_tag)
         )
     assert consume_again(aof_redis) == [{"n": 2}]
