@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
+
+import msgspec
 
 from fin_relay.contract.fin_api import KNOWN_EVENTS, parse_fin_time
 
@@ -27,17 +29,54 @@ class Rejected(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 µs per request here
 class Event:
     """A verified, parsed event ready to enqueue (or a test ping when ``name`` is ``None``)."""
 
-    body: dict[str, Any]
+    fields: dict[str, Any]
+    """The top-level fields the ingest decides on (see :data:`HEAD_FIELDS`; ``message`` holds
+    only its ``id`` and ``timestamp_ms``), or the whole body when ``whole``."""
     name: str | None
     conversation_id: str | None
-    text: str = ""
-    """The body as received (UTF-8 decoded JSON text), spliced into the Celery message as is."""
     raw: bytes = b""
-    """The body bytes as received (valid UTF-8: ``text`` encoded)."""
+    """The body bytes as received (valid UTF-8 JSON), spliced into the Celery message as is."""
+    whole: bool = False
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The whole body as a dict (parsed again unless ``whole``: only rare paths need it).
+
+        Raises :class:`Rejected` (400) if the reference decoder refuses what the fast one took
+        (nesting at Python's recursion limit is the one known case)."""
+        if self.whole:
+            return self.fields
+        body = _decode_reference(self.raw)
+        if not isinstance(body, dict):  # pragma: no cover - the fast decoder saw an object
+            raise Rejected(400, "not_an_object")
+        return body
+
+
+class _MessageHead(TypedDict, total=False):
+    id: Any
+    timestamp_ms: Any
+
+
+class _Head(TypedDict, total=False):
+    """What the ingest reads of an event: de-dup key fields, replay check, log fields."""
+
+    event_name: Any
+    conversation_id: Any
+    status: Any
+    created_at_ms: Any
+    stream_id: Any
+    chunk_index: Any
+    message: _MessageHead
+
+
+#: The top-level fields :func:`parse_body` extracts on its fast path.
+HEAD_FIELDS = frozenset(_Head.__annotations__)
+
+_HEAD_DECODER = msgspec.json.Decoder(_Head)
 
 
 def _reject_constant(value: str) -> Any:
@@ -47,33 +86,55 @@ def _reject_constant(value: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def _decode_reference(raw: bytes) -> Any:
+    """The reference decoding (the standard library's ``json``); :class:`Rejected` (400)."""
+    try:
+        return _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(400, "invalid_json", type(exc).__name__) from None
+
+
 def parse_body(raw: bytes) -> Event:
     """Parse a *verified* body: a JSON object; ``event_name`` absent means the settings test ping.
 
     Raises :class:`Rejected` (400) for a body that is not UTF-8, invalid JSON, NaN/Infinity,
     nesting too deep, a non-object, or an ``event_name`` that is not a non-empty string.
+
+    Fast path: a compiled decoder (msgspec) validates the whole document and keeps only the
+    :data:`HEAD_FIELDS`, about 6x cheaper than building the whole dict. Whatever it refuses
+    (invalid JSON, but also what the standard library accepts and it does not: lone surrogate
+    escapes, numbers out of float range, a ``message`` that is not an object) is decided by the
+    reference decoder, so the answers are the standard library's. UTF-8 is checked first: the
+    fast decoder does not look inside the strings it skips.
     """
     try:
-        text = raw.decode("utf-8")
-        body = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise Rejected(400, "invalid_json", type(exc).__name__) from None
-    if not isinstance(body, dict):
-        raise Rejected(400, "not_an_object")
-    if "event_name" not in body:
-        return Event(body, None, _str_or_none(body.get("conversation_id")), text, raw)
-    name = body["event_name"]
+        if not raw.isascii():
+            raw.decode("utf-8")  # msgspec does not check the strings it skips
+        fields = cast(dict[str, Any], _HEAD_DECODER.decode(raw))  # a TypedDict is a dict
+        whole = False
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        body = _decode_reference(raw)
+        if not isinstance(body, dict):
+            raise Rejected(400, "not_an_object") from None
+        fields, whole = body, True
+    conversation_id = fields.get("conversation_id")
+    if type(conversation_id) is not str:
+        conversation_id = None
+    if "event_name" not in fields:
+        return Event(fields, None, conversation_id, raw, whole)
+    name = fields["event_name"]
     if not isinstance(name, str) or not name:
         raise Rejected(400, "invalid_event_name")
-    return Event(body, name, _str_or_none(body.get("conversation_id")), text, raw)
+    return Event(fields, name, conversation_id, raw, whole)
 
 
 def event_json(event: Event) -> str:
     """JSON text of the event for the Celery message: the received text when it can be reused
     verbatim, else a re-encoding (bodies with ``\\u`` escapes, which may hide lone surrogates:
     those then fail to encode and are refused)."""
-    if "\\u" not in event.text:
-        return event.text
+    text = event.raw.decode("utf-8")
+    if "\\u" not in text:
+        return text
     return _COMPACT.encode(event.body)
 
 
@@ -82,13 +143,9 @@ def event_bytes(event: Event) -> bytes:
     backslash at all (a ``memchr``) or no ``\\u`` escape; raises ``UnicodeEncodeError`` for
     lone surrogates."""
     raw = event.raw
-    if raw and (b"\\" not in raw or b"\\u" not in raw):
+    if b"\\" not in raw or b"\\u" not in raw:
         return raw
-    return event_json(event).encode()
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return _COMPACT.encode(event.body).encode()
 
 
 def created_at_ms(event: Event) -> int | None:
@@ -97,7 +154,7 @@ def created_at_ms(event: Event) -> int | None:
     ``None`` when an unknown event has none; :class:`Rejected` (400) when it is missing on a
     known event or is not a valid timestamp.
     """
-    value = event.body.get("created_at_ms")
+    value = event.fields.get("created_at_ms")
     if value is None and event.name not in KNOWN_EVENTS:
         return None
     if isinstance(value, str):
@@ -156,7 +213,7 @@ def dedup_key(event: Event) -> str:
     ``fin_replied`` without id. An unknown event without ``created_at_ms`` hashes its whole body
     (keys sorted). The key is also the Celery ``event_id`` and the published envelope id.
     """
-    body = event.body
+    body = event.fields
     message = body.get("message")
     if event.name == "fin_replied" and isinstance(message, dict):
         mid = message.get("id")
@@ -166,7 +223,7 @@ def dedup_key(event: Event) -> str:
                 return f"msg_{text}"
             return "msg_" + hashlib.sha256(text.encode()).hexdigest()[:32]
     if body.get("created_at_ms") is None and event.name not in KNOWN_EVENTS:
-        return "evt_" + _digest(body, sort_keys=True)
+        return "evt_" + _digest(event.body, sort_keys=True)
     fields: list[Any] = [
         event.name,
         body.get("conversation_id"),
