@@ -17,6 +17,7 @@ Both raise :class:`BrokerUnavailableError` when the event could not be made dura
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from importlib import resources
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import EVENTS_QUEUE, Names
@@ -108,7 +112,11 @@ class RedisEnqueuer:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_inflight = max_inflight
-        self._script = client.register_script(load_lua())
+        self._lua = load_lua()
+        self._sha = hashlib.sha1(self._lua.encode(), usedforsecurity=False).hexdigest()
+        # Connections held by the flushers (one per script call in flight): a pool checkout,
+        # retry wrapper and release per call cost more client CPU than the call's own bytes.
+        self._conns: list[Any] = []
         self._builder = EventMessageBuilder()
         self._pending: list[_Entry] = []
         self._inflight = 0
@@ -171,7 +179,7 @@ class RedisEnqueuer:
         args: list[Any] = [self._ttl_s, b"".join(payloads), lengths]
         try:
             async with asyncio.timeout(timeout_s):
-                flags = await self._script(keys=keys, args=args)
+                flags = await self._call_script(keys, args)
             if not isinstance(flags, list) or len(flags) != len(batch):
                 raise TypeError(f"unexpected script reply {type(flags).__name__}")
             return [int(flag) for flag in flags]
@@ -181,6 +189,39 @@ class RedisEnqueuer:
             )
             return [_FAILED] * len(batch)
 
+    async def _call_script(self, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` on a held connection (``EVAL`` once when Redis lost its script cache).
+
+        The request ``client.register_script`` would send. Before sending, the socket is checked
+        as the pool checks one at checkout (one Redis closed is replaced, not failed).
+        Any failure, the caller's timeout included, drops the connection, so a late reply can
+        never be read as another batch's; nothing is re-sent (the script may have run).
+        """
+        pool = self._client.connection_pool
+        conn = self._conns.pop() if self._conns else await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:  # what pool.ensure_connection does (redis-py 8.1 skips it: maint "auto")
+                await conn.connect()
+                if await conn.can_read():  # EOF of a socket Redis closed, or stray data
+                    raise RedisConnectionError("held connection not ready")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await conn.disconnect()
+                await conn.connect()
+            await conn.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            try:
+                reply = await conn.read_response()
+            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: EVAL caches it again
+                await conn.send_command("EVAL", self._lua, len(keys), *keys, *args)
+                reply = await conn.read_response()
+        except BaseException:
+            try:
+                await conn.disconnect()
+            finally:
+                await pool.release(conn)
+            raise
+        self._conns.append(conn)
+        return reply
+
     async def ping(self, timeout_s: float) -> bool:
         return await _ping(self._client, timeout_s)
 
@@ -188,6 +229,9 @@ class RedisEnqueuer:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout_s)
         self._fail_pending()
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            await self._client.connection_pool.release(conn)
         await self._client.aclose()
 
 

@@ -87,3 +87,35 @@ def test_enqueuer_survives_a_flushed_script_cache_and_a_timed_out_call(
     assert flags == [True, True, False, False, True]
     assert timed_out
     assert redis_client.exists("fin:dedup:e4") == 1
+
+
+def test_enqueuer_replaces_a_held_connection_redis_closed(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The enqueuer keeps its connection between script calls; one Redis closed in between
+    (restart, idle timeout, CLIENT KILL) is replaced before sending, not failed with a 503."""
+    import asyncio
+
+    from fin_relay.contract.names import Names
+    from fin_relay.webhook_ingest.enqueue import RedisEnqueuer
+    from fin_relay.webhook_ingest.enqueue import redis_client as make_client
+
+    async def scenario() -> tuple[list[bool], int]:
+        enqueuer = RedisEnqueuer(
+            make_client(redis_url, 2.0), Names("fin"), ttl_s=100, timeout_s=1.0
+        )
+        flags = [await enqueuer.enqueue("k1", b'{"n":1}', 1)]
+        killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+        # Redis closed the socket before answering the kill; give the loop the turns in which
+        # it reads that EOF (a connection closed for real has long been idle by then).
+        for _ in range(10):
+            await asyncio.sleep(0)
+        flags.append(await enqueuer.enqueue("k2", b'{"n":2}', 2))
+        flags.append(await enqueuer.enqueue("k1", b'{"n":1}', 3))  # still a duplicate
+        await enqueuer.aclose()
+        return flags, killed
+
+    flags, killed = asyncio.run(scenario())
+    assert killed >= 1  # the enqueuer's held connection was among those closed
+    assert flags == [True, True, False]
+    assert redis_client.llen("fin.events") == 2
