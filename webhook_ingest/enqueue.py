@@ -117,6 +117,7 @@ class RedisEnqueuer:
         # Connections held by the flushers (one per script call in flight): a pool checkout,
         # retry wrapper and release per call cost more client CPU than the call's own bytes.
         self._conns: list[Any] = []
+        self._closed = False
         self._builder = EventMessageBuilder()
         self._pending: list[_Entry] = []
         self._inflight = 0
@@ -219,7 +220,11 @@ class RedisEnqueuer:
             finally:
                 await pool.release(conn)
             raise
-        self._conns.append(conn)
+        if self._closed:  # a call that outlived aclose(): its connection goes back now
+            await conn.disconnect()
+            await pool.release(conn)
+        else:
+            self._conns.append(conn)
         return reply
 
     async def ping(self, timeout_s: float) -> bool:
@@ -228,11 +233,14 @@ class RedisEnqueuer:
     async def aclose(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._timeout_s)
+        self._closed = True
         self._fail_pending()
+        pool = self._client.connection_pool
         conns, self._conns = self._conns, []
         for conn in conns:
-            await self._client.connection_pool.release(conn)
+            await pool.release(conn)
         await self._client.aclose()
+        await pool.disconnect()  # a pool passed to Redis() is not closed by its aclose()
 
 
 def _resolve(entries: list[_Entry], flags: list[int] | None) -> None:

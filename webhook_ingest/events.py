@@ -46,8 +46,8 @@ class Event:
     def body(self) -> dict[str, Any]:
         """The whole body as a dict (parsed again unless ``whole``: only rare paths need it).
 
-        Raises :class:`Rejected` (400) if the reference decoder refuses what the fast one took
-        (nesting at Python's recursion limit is the one known case)."""
+        Cannot fail for a body :func:`parse_body` accepted: both of its paths accept the same
+        documents (a differential test holds them to it)."""
         if self.whole:
             return self.fields
         body = _decode_reference(self.raw)
@@ -86,37 +86,71 @@ def _reject_constant(value: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+#: Deepest nesting accepted (400 ``invalid_json`` beyond). Explicit and far below Python's
+#: recursion limit, so that every consumer's ``json`` (the worker's, deeper in its own stack)
+#: decodes whatever the ingest accepted.
+MAX_DEPTH = 512
+#: Bodies up to this size with at most :data:`MAX_DEPTH` opening brackets take the fast path:
+#: such a body cannot nest too deep, nor hold an integer the standard library refuses to
+#: convert (more than 4,300 digits), which the fast decoder skips without converting.
+_FAST_MAX_BYTES = 4096
+
+
 def _decode_reference(raw: bytes) -> Any:
-    """The reference decoding (the standard library's ``json``); :class:`Rejected` (400)."""
+    """The reference decoding (the standard library's ``json``) with the :data:`MAX_DEPTH`
+    limit; :class:`Rejected` (400 ``invalid_json``)."""
     try:
-        return _DECODER.decode(raw.decode("utf-8"))
+        value = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise Rejected(400, "invalid_json", type(exc).__name__) from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise Rejected(400, "invalid_json", f"nested deeper than {MAX_DEPTH}")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists/dicts nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_body(raw: bytes) -> Event:
     """Parse a *verified* body: a JSON object; ``event_name`` absent means the settings test ping.
 
     Raises :class:`Rejected` (400) for a body that is not UTF-8, invalid JSON, NaN/Infinity,
-    nesting too deep, a non-object, or an ``event_name`` that is not a non-empty string.
+    nested deeper than :data:`MAX_DEPTH`, a non-object, or an ``event_name`` that is not a
+    non-empty string.
 
-    Fast path: a compiled decoder (msgspec) validates the whole document and keeps only the
+    Fast path, for bodies up to 4 KiB with at most :data:`MAX_DEPTH` brackets (the usual
+    event): a compiled decoder (msgspec) validates the whole document and keeps only the
     :data:`HEAD_FIELDS`, about 6x cheaper than building the whole dict. Whatever it refuses
     (invalid JSON, but also what the standard library accepts and it does not: lone surrogate
-    escapes, numbers out of float range, a ``message`` that is not an object) is decided by the
-    reference decoder, so the answers are the standard library's. UTF-8 is checked first: the
-    fast decoder does not look inside the strings it skips.
+    escapes, numbers out of float range, a ``message`` that is not an object), and every other
+    body, is decided by the reference decoder, so the answers are the standard library's.
+    UTF-8 is checked first: the fast decoder does not look inside the strings it skips.
     """
-    try:
-        if not raw.isascii():
-            raw.decode("utf-8")  # msgspec does not check the strings it skips
-        fields = cast(dict[str, Any], _HEAD_DECODER.decode(raw))  # a TypedDict is a dict
-        whole = False
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+    fields: dict[str, Any] | None = None
+    if len(raw) <= _FAST_MAX_BYTES and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        try:
+            if not raw.isascii():
+                raw.decode("utf-8")
+            fields = cast(dict[str, Any], _HEAD_DECODER.decode(raw))  # a TypedDict is a dict
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            pass
+    whole = fields is None
+    if fields is None:
         body = _decode_reference(raw)
         if not isinstance(body, dict):
-            raise Rejected(400, "not_an_object") from None
-        fields, whole = body, True
+            raise Rejected(400, "not_an_object")
+        fields = body
     conversation_id = fields.get("conversation_id")
     if type(conversation_id) is not str:
         conversation_id = None

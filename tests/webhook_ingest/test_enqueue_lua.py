@@ -119,3 +119,38 @@ def test_enqueuer_replaces_a_held_connection_redis_closed(
     assert killed >= 1  # the enqueuer's held connection was among those closed
     assert flags == [True, True, False]
     assert redis_client.llen("fin.events") == 2
+
+
+def test_enqueuer_aclose_closes_its_connections(redis_client: redis.Redis, redis_url: str) -> None:
+    """aclose() returns and closes the held connection and the pool's sockets (a pool given to
+    redis.asyncio.Redis is not closed by the client's own aclose)."""
+    import asyncio
+    import time
+
+    from fin_relay.contract.names import Names
+    from fin_relay.webhook_ingest.enqueue import RedisEnqueuer
+    from fin_relay.webhook_ingest.enqueue import redis_client as make_client
+
+    def clients() -> int:
+        return len(redis_client.client_list(_type="normal"))
+
+    before = clients()
+
+    async def scenario() -> tuple[int, int]:
+        enqueuer = RedisEnqueuer(
+            make_client(redis_url, 2.0), Names("fin"), ttl_s=100, timeout_s=1.0
+        )
+        await enqueuer.enqueue("c1", b'{"n":1}', 1)
+        assert await enqueuer.ping(1.0)
+        during = clients()
+        await enqueuer.aclose()
+        # still inside the loop (its end would close any socket anyway): until Redis has
+        # processed the closed sockets, or the deadline
+        deadline = time.monotonic() + 5
+        while clients() != before and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return during, clients()
+
+    during, after = asyncio.run(scenario())
+    assert during >= before + 1
+    assert after == before

@@ -62,6 +62,9 @@ bodies = st.builds(
 )
 
 
+_KNOWN = b'{"event_name":"fin_status_updated","created_at_ms":"2025-01-24T10:00:00.123Z"'
+
+
 class _Off:
     """A decoder that refuses everything: parse_body then takes its reference path."""
 
@@ -148,6 +151,12 @@ def test_fast_path_decides_as_the_reference_on_damaged_bodies(
         b'{"event_name":"a","event_name":"fin_replied","message":{"id":1,"id":"m2"}}',
         b'{"event_name":"x_new","z":1,"a":[1,{"b":"\\u00e9"}]}',  # whole-body digest
         b'{"event_name":"x_new","deep":' + b"[" * 2000 + b"]" * 2000 + b"}",
+        _KNOWN + b',"deep":' + b"[" * 993 + b"]" * 993 + b"}",  # near the recursion limit
+        _KNOWN + b',"deep":' + b"[" * 511 + b"]" * 511 + b"}",  # 512 levels: the limit
+        _KNOWN + b',"deep":' + b"[" * 512 + b"]" * 512 + b"}",
+        _KNOWN + b',"brackets":"' + b"[" * 600 + b'"}',  # many brackets, none nesting
+        _KNOWN + b',"n":' + b"1" * 4301 + b"}",  # json refuses ints of more than 4,300 digits
+        _KNOWN + b',"n":' + b"1" * 4000 + b"}",
         b'{"event_name":"fin_replied"} trailing',
         b"[1] x",
         b'\xef\xbb\xbf{"event_name":"x"}',
@@ -170,3 +179,17 @@ def test_fast_path_is_taken_and_keeps_only_head_fields() -> None:
         "message": {"id": "m1", "timestamp_ms": 5},
     }
     assert event.body["pad"] == "x" and event.body["message"]["content"] == "hello"
+
+
+def test_limits_are_explicit() -> None:
+    """Nesting beyond MAX_DEPTH and integers the standard library refuses are 400 on every path
+    (so the worker's ``json`` never meets a body it cannot decode)."""
+    depth = events.MAX_DEPTH
+    ok = _KNOWN + b',"deep":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+    deep = _KNOWN + b',"deep":' + b"[" * depth + b"]" * depth + b"}"
+    assert events.parse_body(ok).name == "fin_status_updated"
+    assert json.loads(events.event_bytes(events.parse_body(ok)))["event_name"]
+    for raw in (deep, _KNOWN + b',"n":' + b"1" * 4301 + b"}"):
+        with pytest.raises(Rejected) as info:
+            events.parse_body(raw)
+        assert (info.value.status, info.value.code) == (400, "invalid_json")
