@@ -327,9 +327,9 @@ class IngestApp:
                 outcome.conversation_id,
             )
             raise
-        event_id = dedup_key(event)
         enqueuer = self._enqueuer if self._enqueuer is not None else self.enqueuer
         try:
+            event_id = dedup_key(event)
             new = await enqueuer.enqueue(event_id, event_bytes(event), now_ms)
         except UnicodeEncodeError:  # lone surrogates in a string: valid JSON, not valid text
             raise Rejected(400, "invalid_unicode") from None

@@ -255,6 +255,11 @@ def test_rotation_two_secrets_both_accepted(
             b'{"event_name":"x","conversation_id":"\\ud800","created_at_ms":"2099-01-01T00:00:00Z"}',
             "invalid_unicode",
         ),
+        (  # the de-dup key is the message id: a lone surrogate cannot be hashed as UTF-8
+            b'{"event_name":"fin_replied","conversation_id":"c","message":{"id":"\\ud800"},'
+            b'"created_at_ms":"2099-01-01T00:00:00Z"}',
+            "invalid_unicode",
+        ),
     ],
 )
 def test_signed_but_invalid_is_400(
