@@ -215,17 +215,20 @@ class RedisEnqueuer:
                 await conn.send_command("EVAL", self._lua, len(keys), *keys, *args)
                 reply = await conn.read_response()
         except BaseException:
-            try:
-                await conn.disconnect()
-            finally:
-                await pool.release(conn)
+            await self._drop(conn)
             raise
         if self._closed:  # a call that outlived aclose(): its connection goes back now
-            await conn.disconnect()
-            await pool.release(conn)
+            await self._drop(conn)
         else:
             self._conns.append(conn)
         return reply
+
+    async def _drop(self, conn: Any) -> None:
+        """Close a held connection and give it back to the pool."""
+        try:
+            await conn.disconnect()
+        finally:
+            await self._client.connection_pool.release(conn)
 
     async def ping(self, timeout_s: float) -> bool:
         return await _ping(self._client, timeout_s)
