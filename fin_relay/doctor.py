@@ -140,17 +140,12 @@ def check_worker(settings: WorkerSettings, report: Report) -> None:
             if settings.broker_is_redis
             else "broker is not Redis: no visibility-timeout redelivery",
         )
-    try:
-        from fin_relay.worker.app import create_app
+    from fin_relay.worker.app import celery_config
 
-        # a fresh app: its configuration is what a worker started now would load (the
-        # module's app may have loaded its configuration earlier, from another environment)
-        conf = create_app().conf
-        late = bool(conf.task_acks_late) and bool(conf.task_reject_on_worker_lost)
-        prefetch = conf.worker_prefetch_multiplier
-    except Exception as exc:
-        report.add("worker.celery", WARN, f"cannot load the Celery app: {exc}", "")
-        return
+    # what a worker started now with these settings would load (no Celery app needed)
+    conf = celery_config(settings)
+    late = bool(conf["task_acks_late"]) and bool(conf["task_reject_on_worker_lost"])
+    prefetch = conf["worker_prefetch_multiplier"]
     if not late:
         report.add(
             "worker.acks_late",
