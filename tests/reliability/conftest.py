@@ -65,10 +65,6 @@ def own_redis() -> Iterator[Callable[..., EmbeddedRedis]]:
         server.stop()
 
 
-#: The worker command lines ``worker_procs(command=...)`` can run.
-WORKER_COMMANDS = ("celery", "fin-relay", "celery-defaults")
-
-
 def reliability_worker_command(command: str, hostname: str, concurrency: int) -> list[str]:
     """``celery``: the fixtures' command (``tests/fixtures/worker.py``, gossip, mingle and
     heartbeat off); ``fin-relay``: ``fin-relay worker`` as documented; ``celery-defaults``:
@@ -80,10 +76,8 @@ def reliability_worker_command(command: str, hostname: str, concurrency: int) ->
         return [sys.executable, "-m", "fin_relay.cli", "worker",
                 "-c", str(concurrency), "-Q", queues, "-n", hostname]  # fmt: skip
     if command == "celery-defaults":
-        return [sys.executable, "-m", "celery", "-A", "fin_relay.worker.app", "worker",
-                "-P", "threads", "-c", str(concurrency), "-Q", queues, "-n", hostname,
-                "-l", "info"]  # fmt: skip
-    raise ValueError(f"unknown worker command {command!r}: one of {WORKER_COMMANDS}")
+        return worker_command(hostname, "threads", concurrency, queues, celery_defaults=True)
+    raise ValueError(f"unknown worker command {command!r}: celery, fin-relay, celery-defaults")
 
 
 @pytest.fixture
