@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,23 @@ def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop(timeout_s=10)
+
+
+@dataclass(frozen=True)
+class RestartRig:
+    """The process factories a Redis-restart scenario starts its pieces with."""
+
+    own_redis: Callable[..., EmbeddedRedis]
+    sim_process: Callable[..., SubprocessHandle]
+    start_ingest: Callable[..., Any]
+    worker_procs: Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def restart_rig(
+    own_redis: Callable[..., EmbeddedRedis],
+    sim_process: Callable[..., SubprocessHandle],
+    start_ingest: Callable[..., Any],
+    worker_procs: Callable[..., WorkerProcess],
+) -> RestartRig:
+    return RestartRig(own_redis, sim_process, start_ingest, worker_procs)

@@ -39,8 +39,9 @@ import pytest
 import redis
 
 from fin_relay.embedded_redis import EmbeddedRedis
-from tests.fixtures.ingest import IngestServer, queued_events, webhook_headers
+from tests.fixtures.ingest import queued_events, webhook_headers
 from tests.fixtures.worker import enqueue_job, start_kwargs
+from tests.reliability.conftest import RestartRig
 from tests.reliability.helpers import (
     FULL,
     NS,
@@ -177,13 +178,10 @@ def run_ingest_restart(
     *,
     hard: bool,
     appendfsync: str,
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    rig: RestartRig,
 ) -> dict[str, Any]:
-    server = own_redis(appendfsync=appendfsync)
-    ingest = start_ingest(server.url, env={"FIN_RELAY_ENQUEUE_TIMEOUT_S": "1"})
+    server = rig.own_redis(appendfsync=appendfsync)
+    ingest = rig.start_ingest(server.url, env={"FIN_RELAY_ENQUEUE_TIMEOUT_S": "1"})
     load = LoadLoop(ingest.webhook_url, prefix=f"rr-{appendfsync}-{'hard' if hard else 'soft'}")
     down_at, up_at = restart_under_load(server, load, hard=hard)
     accepted = accepted_ids(load)
@@ -192,8 +190,8 @@ def run_ingest_restart(
         queued = [kwargs["event_id"] for kwargs in queued_events(client)]
         missing = sorted(accepted - set(queued))
         # now a worker drains the queue: each accepted event is published exactly once
-        sim = sim_process()
-        worker_procs(server.url, base_url=sim.base_url, concurrency=8, env=WORKER_ENV)
+        sim = rig.sim_process()
+        rig.worker_procs(server.url, base_url=sim.base_url, concurrency=8, env=WORKER_ENV)
         published = True
         try:
             wait_for(
@@ -234,18 +232,12 @@ def run_ingest_restart(
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful-sigterm", "hard-sigkill"])
 def test_redis_restart_during_webhook_load_keeps_every_accepted_event(
     hard: bool,
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    restart_rig: RestartRig,
 ) -> None:
     figures = run_ingest_restart(
         hard=hard,
         appendfsync="always",
-        own_redis=own_redis,
-        sim_process=sim_process,
-        start_ingest=start_ingest,
-        worker_procs=worker_procs,
+        rig=restart_rig,
     )
     name = "hard-sigkill" if hard else "graceful-sigterm"
     report(
@@ -269,17 +261,14 @@ def run_worker_across_restart(
     *,
     hard: bool,
     command: str,
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    rig: RestartRig,
 ) -> tuple[dict[str, Any], bool]:
     """One worker (``command``: see ``conftest.reliability_worker_command``) consuming through
     a Redis restart under event load with 4 Fin calls in flight; -> (figures, finished)."""
-    server = own_redis(appendfsync="always")
-    sim = sim_process(faults={"*": {"latency_ms": 1500}})  # Fin calls in flight at the restart
-    ingest = start_ingest(server.url, env={"FIN_RELAY_ENQUEUE_TIMEOUT_S": "1"})
-    worker = worker_procs(
+    server = rig.own_redis(appendfsync="always")
+    sim = rig.sim_process(faults={"*": {"latency_ms": 1500}})  # Fin calls in flight at the restart
+    ingest = rig.start_ingest(server.url, env={"FIN_RELAY_ENQUEUE_TIMEOUT_S": "1"})
+    worker = rig.worker_procs(
         server.url, base_url=sim.base_url, concurrency=8, env=WORKER_ENV, command=command
     )
     client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -364,70 +353,52 @@ def assert_worker_resumed(figures: dict[str, Any], finished: bool) -> None:
     assert figures["in_flight_jobs_completed"] == 4 and figures["job_after_restart_completed"]
 
 
+def check_worker_across_restart(
+    report_name: str, rig: RestartRig, *, hard: bool, command: str
+) -> None:
+    """Run the worker scenario, report its figures under ``report_name``, assert it resumed."""
+    figures, finished = run_worker_across_restart(hard=hard, command=command, rig=rig)
+    report(report_name, **figures)
+    assert_worker_resumed(figures, finished)
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful-sigterm", "hard-sigkill"])
 def test_worker_resumes_across_redis_restart_without_losing_work(
-    hard: bool,
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    hard: bool, restart_rig: RestartRig
 ) -> None:
-    figures, finished = run_worker_across_restart(
+    kind = "hard" if hard else "graceful"
+    check_worker_across_restart(
+        f"test_redis_restart::test_worker_resumes_across_redis_restart_without_losing_work[{kind}]",
+        restart_rig,
         hard=hard,
         command="celery",
-        own_redis=own_redis,
-        sim_process=sim_process,
-        start_ingest=start_ingest,
-        worker_procs=worker_procs,
     )
-    report(
-        f"test_redis_restart::test_worker_resumes_across_redis_restart_without_losing_work[{'hard' if hard else 'graceful'}]",
-        **figures,
-    )
-    assert_worker_resumed(figures, finished)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful-sigterm", "hard-sigkill"])
 @pytest.mark.parametrize("command", ["fin-relay", "celery-defaults"])
 def test_worker_entry_points_resume_across_redis_restart(
-    command: str,
-    hard: bool,
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    command: str, hard: bool, restart_rig: RestartRig
 ) -> None:
     """The same with ``fin-relay worker`` and with ``celery -A fin_relay.worker.app worker`` on
     Celery's defaults (gossip, mingle, heartbeat on): the fixes live in the app, not in flags."""
-    figures, finished = run_worker_across_restart(
+    kind = "hard" if hard else "graceful"
+    check_worker_across_restart(
+        f"test_redis_restart::test_worker_entry_points_resume_across_redis_restart[{command}-{kind}]",
+        restart_rig,
         hard=hard,
         command=command,
-        own_redis=own_redis,
-        sim_process=sim_process,
-        start_ingest=start_ingest,
-        worker_procs=worker_procs,
     )
-    report(
-        f"test_redis_restart::test_worker_entry_points_resume_across_redis_restart[{command}-{'hard' if hard else 'graceful'}]",
-        **figures,
-    )
-    assert_worker_resumed(figures, finished)
 
 
 @pytest.mark.skipif(not FULL, reason="FIN_RELAY_RELIABILITY_FULL=1 only (reports, no assertion)")
 def test_redis_hard_kill_with_everysec_reports_the_loss_window(
-    own_redis: Callable[..., EmbeddedRedis],
-    sim_process: Callable[..., Any],
-    start_ingest: Callable[..., IngestServer],
-    worker_procs: Callable[..., Any],
+    restart_rig: RestartRig,
 ) -> None:
     figures = run_ingest_restart(
         hard=True,
         appendfsync="everysec",
-        own_redis=own_redis,
-        sim_process=sim_process,
-        start_ingest=start_ingest,
-        worker_procs=worker_procs,
+        rig=restart_rig,
     )
     report(
         "test_redis_restart::test_redis_hard_kill_with_everysec_reports_the_loss_window", **figures
