@@ -255,6 +255,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._take_after = 0.0
         self._last_message_at = float("-inf")
         self.atomic_take = False
+        self._atomic_poll = False  # whether the outstanding poll is a take (else kombu's BRPOP)
+        self._no_ack_tags: set[str] = set()  # consumers without acks: see _brpop_start
         super().__init__(*args, **kwargs)  # connects (PING): Redis answers
         self._connparams(asynchronous=False)  # remember the sync pool's parameters too
         self.atomic_take = self.ATOMIC_TAKE and not self.global_keyprefix
@@ -290,8 +292,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     # fix 1: atomic take
 
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_tags.add(str(kwargs.get("consumer_tag", args[1] if args[1:] else "")))
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        self._no_ack_tags.discard(consumer_tag)
+        return super().basic_cancel(consumer_tag)
+
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if not self.atomic_take:
+        # The take records every message as unacked; a consumer without acks (Celery's
+        # control replies) never acks it, so a channel with one polls kombu's way.
+        self._atomic_poll = self.atomic_take and not self._no_ack_tags
+        if not self._atomic_poll:
             super()._brpop_start(timeout)
             return
         wait_s = self._take_after - time.monotonic()
@@ -318,7 +332,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         )
 
     def _brpop_read(self, **options: Any) -> bool:
-        if not self.atomic_take:
+        if not self._atomic_poll:
             read: bool = super()._brpop_read(**options)
             return read
         try:
@@ -359,7 +373,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._flush_brpop_reauth()
 
     def _on_connection_disconnect(self, connection: Any) -> None:
-        if self.atomic_take and self._in_poll is not None and self._in_poll is connection:
+        if self._atomic_poll and self._in_poll is not None and self._in_poll is connection:
             # A take was outstanding: its reply is lost. The next channel checks what Redis
             # noted for this key; this channel continues with a new key.
             _orphans.add(_Orphan(self._inflight_key, self._last_received))

@@ -207,6 +207,33 @@ def test_taken_message_is_recorded_until_acked_and_not_put_back_twice(
     assert settled(aof_redis) == (0, 0, 0)
 
 
+def test_a_consumer_without_acks_leaves_no_unacked_record(aof_redis: EmbeddedRedis) -> None:
+    """Celery's control replies are consumed with no_ack: the take would record them as
+    unacked and nobody would ack them (redelivered after the visibility timeout). A channel
+    with such a consumer polls kombu's way; once it is cancelled, the take is back."""
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        got: list[Any] = []
+        consumer = conn.Consumer(
+            [QUEUE], callbacks=[lambda body, _message: got.append(body)], no_ack=True
+        )
+        consumer.consume()
+        while not got:
+            conn.drain_events(timeout=5)
+        assert got == [{"n": 1}]
+        assert settled(aof_redis) == (0, 0, 0)
+        channel = conn.default_channel
+        assert channel._last_received is None  # not taken by the script
+        consumer.cancel()
+        assert not channel._no_ack_tags
+        publish(conn, {"n": 2})
+        taken, error = take_one(conn)  # acks on: taken and recorded by the script again
+        assert error is None and [m.payload for m in taken] == [{"n": 2}]
+        assert channel._last_received == taken[0].delivery_tag  # set by the take only
+        taken[0].ack()
+    assert settled(aof_redis) == (0, 0, 0)
+
+
 def test_acks_reuse_one_client_per_pool_and_still_settle(aof_redis: EmbeddedRedis) -> None:
     """kombu builds a redis.Redis per ack; the transport reuses one per connection pool."""
     with kombu.Connection(aof_redis.url, transport=OURS) as conn:
