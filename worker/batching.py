@@ -100,7 +100,7 @@ class Coalescer:
         if self._conn is None:
             self._conn = self._client.connection_pool.get_connection()
         conn, client = self._conn, cast(Any, self._client)
-        try:
+        try:  # the check redis-py's ConnectionPool.get_connection makes (re-check on upgrades)
             conn.connect()
             if conn.can_read():  # a closed socket reads EOF; a live idle one has nothing
                 raise redis.ConnectionError("held connection not ready")

@@ -261,6 +261,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._connparams(asynchronous=False)  # remember the sync pool's parameters too
         self.atomic_take = self.ATOMIC_TAKE and not self.global_keyprefix
         self._inflight_key = f"{self.unacked_key}_inflight:{uuid.uuid4().hex}"
+        self._inflight_ttl_ms = max(1, int(self.visibility_timeout * 1000))
         self.restore_held()
 
     @contextmanager
@@ -270,7 +271,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             yield client
             return
         shared = self._shared_client
-        if shared is None or self._pool is None or shared.connection_pool is not self._pool:
+        if shared is None or shared.connection_pool is not self._pool:
             shared = self._shared_client = self._create_client()  # (re)creates the pool
         yield shared
 
@@ -328,7 +329,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._inflight_key,
             *keys,
             repr(time.time()),
-            max(1, int(self.visibility_timeout * 1000)),
+            self._inflight_ttl_ms,
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -439,8 +440,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         body = dumps(held.payload)
         with client.pipeline() as pipe:  # MULTI/EXEC: exactly one copy, wherever it was
             # the failed append may have reached Redis before the connection broke
-            pipe.zrem(self.unacked_index_key, held.delivery_tag)
-            pipe.hdel(self.unacked_key, held.delivery_tag)
+            self.qos._remove_from_indices(held.delivery_tag, pipe)
             for queue in queues:
                 # RPUSH: BRPOP takes from the right, so it is the next message delivered
                 pipe.rpush(self._q_for_pri(queue, priority), body)
