@@ -176,22 +176,18 @@ def _task_finished(**_: Any) -> None:
 HELD_MESSAGES_SHUTDOWN_WAIT_S = 10.0
 
 
-def _pending_put_backs() -> bool:
-    return bool(transport.held_messages()) or transport.lost_take_replies() > 0
-
-
 def _put_back_held_messages(wait_s: float = HELD_MESSAGES_SHUTDOWN_WAIT_S) -> None:
     """Put back what only this process knows about before exiting (``transport``): messages
     held because their unacked record could not be written, and messages whose take reply
     was lost; or say which are lost."""
     deadline = time.monotonic() + wait_s
-    while _pending_put_backs():
+    while transport.pending_put_backs():
         try:
             with app.connection_for_write() as connection:
                 transport.restore_held_messages(connection)
         except Exception as exc:  # Redis still down: try again until the deadline
             log.debug("held messages not put back yet: %r", exc)
-        if not _pending_put_backs() or time.monotonic() >= deadline:
+        if not transport.pending_put_backs() or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     lost = transport.held_messages()
@@ -203,11 +199,12 @@ def _put_back_held_messages(wait_s: float = HELD_MESSAGES_SHUTDOWN_WAIT_S) -> No
             wait_s,
             ", ".join(h.describe() for h in lost),
         )
-    if transport.lost_take_replies():
+    unchecked = transport.lost_take_replies()
+    if unchecked:
         log.warning(
             "stopping with %d lost take reply(ies) unchecked (Redis unreachable): their "
             "messages stay in the unacked hash and come back after the visibility timeout",
-            transport.lost_take_replies(),
+            unchecked,
         )
 
 

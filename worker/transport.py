@@ -471,13 +471,16 @@ def lost_take_replies() -> int:
     return len(_orphans.snapshot())
 
 
-def restore_held_messages(connection: Any) -> int:
+def pending_put_backs() -> int:
+    """How many held messages and unchecked lost take replies this process has."""
+    return len(held_messages()) + lost_take_replies()
+
+
+def restore_held_messages(connection: Any) -> None:
     """Put back held messages and messages of lost take replies through ``connection`` (a
-    kombu Connection); -> how many were pending before."""
-    before = len(held_messages()) + lost_take_replies()
-    if before:
+    kombu Connection)."""
+    if pending_put_backs():
         connection.channel().close()  # a new channel puts back what it can (Channel.__init__)
-    return before
 
 
 # --- wiring ----------------------------------------------------------------------------------
