@@ -32,6 +32,7 @@ from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
 from fin_relay.embedded_redis import EmbeddedRedis, free_port
+from fin_relay.worker import app as app_module
 from fin_relay.worker import transport
 from fin_relay.worker.app import create_app
 from tests.fixtures.worker import wait_until
@@ -40,6 +41,11 @@ pytestmark = pytest.mark.integration
 
 QUEUE = kombu.Queue("tq", kombu.Exchange("tq", type="direct"), routing_key="tq")
 STOCK = "kombu.transport.redis:Transport"
+#: Tests reproducing stock kombu's failures: they describe the version checked against only.
+needs_verified_kombu = pytest.mark.skipif(
+    not transport.kombu_verified(),
+    reason=f"checked against kombu {transport.KOMBU_VERIFIED} only",
+)
 OURS = "fin_relay.worker.transport:Transport"
 
 
@@ -72,6 +78,13 @@ def brpop_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def publish(conn: kombu.Connection, body: dict[str, Any]) -> None:
     with conn.Producer() as producer:
         producer.publish(body, exchange=QUEUE.exchange, routing_key="tq", declare=[QUEUE])
+
+
+def use_app_on(monkeypatch: pytest.MonkeyPatch, server: EmbeddedRedis) -> None:
+    """fin-relay's worker module uses a fresh app whose broker is ``server``."""
+    app = create_app()
+    app.conf.broker_url = server.url
+    monkeypatch.setattr(app_module, "app", app)
 
 
 def client(server: EmbeddedRedis) -> redis.Redis:
@@ -123,12 +136,11 @@ def lose_the_reply_carrying_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis.Redis, "parse_response", parse_response)
 
 
+@needs_verified_kombu
 def test_stock_kombu_loses_a_message_whose_brpop_reply_is_lost(
     aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The window the atomic take closes, reproduced (BRPOP's pop is persisted)."""
-    if not transport.kombu_verified():
-        pytest.skip(f"checked against kombu {transport.KOMBU_VERIFIED} only")
     with kombu.Connection(aof_redis.url, transport=STOCK) as conn:
         publish(conn, {"n": 1})
         lose_the_reply_carrying_a_message(monkeypatch)
@@ -169,17 +181,13 @@ def test_shutdown_checks_lost_take_replies(
     aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker stopping before any new channel was created still puts the message back."""
-    from fin_relay.worker import app as app_module
-
     with kombu.Connection(aof_redis.url, transport=OURS) as conn:
         publish(conn, {"n": 5})
         lose_the_reply_carrying_a_message(monkeypatch)
         take_one(conn)
         monkeypatch.undo()
     assert transport.lost_take_replies() == 1
-    app = create_app()
-    app.conf.broker_url = aof_redis.url
-    monkeypatch.setattr(app_module, "app", app)
+    use_app_on(monkeypatch, aof_redis)
     app_module._put_back_held_messages(wait_s=5)
     assert transport.lost_take_replies() == 0
     assert settled(aof_redis) == (1, 0, 0)
@@ -343,12 +351,11 @@ def kill_before_unacked_write(
     monkeypatch.setattr(kombu_redis.QoS, "pipe_or_acquire", pipe_or_acquire)
 
 
+@needs_verified_kombu
 def test_stock_kombu_drops_a_message_when_redis_dies_before_the_unacked_write(
     aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The failure fix 2 handles, reproduced (proves the next test hits the window)."""
-    if not transport.kombu_verified():
-        pytest.skip(f"checked against kombu {transport.KOMBU_VERIFIED} only")
     with kombu.Connection(aof_redis.url, transport=STOCK) as conn:
         publish(conn, {"n": 1})
         kill_before_unacked_write(monkeypatch, aof_redis)
@@ -411,16 +418,12 @@ def test_held_message_stays_held_while_redis_is_down_and_is_put_back_later(
 def test_shutdown_puts_back_held_messages_or_names_the_lost_ones(
     aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from fin_relay.worker import app as app_module
-
     with kombu.Connection(aof_redis.url, transport=OURS) as conn:
         publish(conn, {"n": 3})
         kill_before_unacked_write(monkeypatch, aof_redis)
         take_one(conn)
         monkeypatch.undo()
-    app = create_app()
-    app.conf.broker_url = aof_redis.url
-    monkeypatch.setattr(app_module, "app", app)
+    use_app_on(monkeypatch, aof_redis)
     app_module._put_back_held_messages(wait_s=0.5)  # Redis down: reported, still held
     assert "not put back" in caplog.text and len(transport.held_messages()) == 1
     aof_redis.start()
@@ -457,11 +460,10 @@ def lose_connection_with_a_pending_take(
     return got[0].ack
 
 
+@needs_verified_kombu
 def test_stock_kombu_raises_attribute_error_after_a_graceful_redis_shutdown(
     aof_redis: EmbeddedRedis,
 ) -> None:
-    if not transport.kombu_verified():
-        pytest.skip(f"checked against kombu {transport.KOMBU_VERIFIED} only")
     with pytest.raises(AttributeError, match="hostname"):
         lose_connection_with_a_pending_take(aof_redis, STOCK)
 
