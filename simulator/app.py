@@ -76,11 +76,18 @@ def _check_version(raw: str | None, default: str) -> str:
     raise ApiError(400, "intercom_version_invalid", message, "Intercom-Version")
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its request body arrived: nothing is processed or logged
+    (a request Fin never fully received is not a request Fin answered)."""
+
+
 async def read_body(receive: Receive) -> bytes:
-    """The whole request body."""
+    """The whole request body; :class:`ClientDisconnected` when the client left first."""
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
@@ -202,7 +209,10 @@ class SimulatorApp:
                 auth = value
             elif name == b"intercom-version":
                 version_raw = value.decode("latin-1")
-        body = await read_body(receive)
+        try:
+            body = await read_body(receive)
+        except ClientDisconnected:
+            return
         entry: dict[str, Any] = {
             "time_ms": now_ms(),
             "method": scope["method"],

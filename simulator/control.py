@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 
 async def handle(sim: SimulatorApp, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one control request."""
-    from fin_relay.simulator.app import new_request_id, read_body, send_json
+    from fin_relay.simulator.app import ClientDisconnected, new_request_id, read_body, send_json
 
     headers = [(b"x-request-id", new_request_id().encode())]
     method: str = scope["method"]
     path: str = scope["path"]
-    raw = await read_body(receive)
+    try:
+        raw = await read_body(receive)
+    except ClientDisconnected:
+        return
     try:
         data: Any = json.loads(raw) if raw else {}
     except ValueError:

@@ -266,3 +266,35 @@ def test_attribute_errors_are_non_fatal(fin_simulator):
         response.json()["errors"]["conversation"]["attributes"]["bad_attr"]
         == (documented["conversation"]["attributes"]["bad_attr"])
     )
+
+
+def test_a_request_whose_client_left_before_its_body_is_neither_answered_nor_logged():
+    """A caller killed mid-request (the worker reliability tests SIGKILL workers mid-call)
+    never finished sending: Fin never received it, so the simulator neither answers nor logs
+    it (it used to parse the partial body and log a 400)."""
+    import asyncio
+
+    from fin_relay.simulator.app import SimulatorApp
+    from fin_relay.simulator.config import SimulatorConfig
+
+    app = SimulatorApp(SimulatorConfig())
+    messages = [
+        {"type": "http.request", "body": b'{"conversation_id": "c1", "mess', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/fin/start",
+        "headers": [(b"authorization", b"Bearer sim-token"), (b"content-length", b"100")],
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent == [] and list(app.requests) == []
