@@ -61,6 +61,7 @@ def _start_components(procs: Procs, redis_url: str) -> tuple[Any, list[Any]]:
             rate_limit_per_minute=100_000_000,
             reply_delay_ms=100,
             faults={"*": {"latency_ms": 50}},
+            log_bodies=False,
         )
     )
     env = base_env(

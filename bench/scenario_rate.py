@@ -136,7 +136,9 @@ def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
     workers: list[Any] = []
     try:
         for _ in range(2):
-            config = SimulatorConfig(rate_limit_per_minute=QUOTA_PER_MINUTE, reply_delay_ms=600_000)
+            config = SimulatorConfig(
+                rate_limit_per_minute=QUOTA_PER_MINUTE, reply_delay_ms=600_000, log_bodies=False
+            )
             sims.append(start_subprocess(config))
         relay_sim, naive_sim = sims
         for sim in sims:

@@ -63,7 +63,12 @@ def _main_rounds(
 def run(redis: Any, quick: bool, rss: RssSampler, log_dir: Path) -> dict[str, Any]:
     """fin-relay vs bare (threads c64) vs default prefork; plus a concurrency sweep (full)."""
     sim = start_subprocess(
-        SimulatorConfig(rate_limit_per_minute=100_000_000, log_limit=1000, reply_delay_ms=600_000)
+        SimulatorConfig(
+            rate_limit_per_minute=100_000_000,
+            log_limit=1000,
+            reply_delay_ms=600_000,
+            log_bodies=False,
+        )
     )
     try:
         sim.control.set_faults({"*": {"latency_ms": LATENCY_MS}})

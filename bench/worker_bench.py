@@ -248,7 +248,12 @@ def main() -> int:
     server = EmbeddedRedis()
     server.start()
     sim = start_subprocess(
-        SimulatorConfig(rate_limit_per_minute=100_000_000, log_limit=1000, reply_delay_ms=600_000)
+        SimulatorConfig(
+            rate_limit_per_minute=100_000_000,
+            log_limit=1000,
+            reply_delay_ms=600_000,
+            log_bodies=False,
+        )
     )
     try:
         sim.control.set_faults({"*": {"latency_ms": args.latency_ms}})

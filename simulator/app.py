@@ -2,9 +2,11 @@
 
 Order of checks for ``/fin/*``: bearer token (401, no rate-limit headers) → route (404, also for
 a method other than POST) → rate limit (429) → injected faults → ``Intercom-Version`` (400
-``intercom_version_invalid``) → JSON body (400) → validation (400 ``parameter_invalid``) →
-handler. Every response has ``X-Request-Id``; authenticated ones carry ``X-RateLimit-*``.
-Paths under ``/_sim/`` are the control API (``fin_relay.simulator.control``), without auth.
+``intercom_version_invalid``) → the operation exists in that version's schema (400
+``intercom_version_invalid``) → JSON body (400) → the version's request schema (400
+``parameter_invalid``; 422 on ``/fin/csat``) → handler. Every response has ``X-Request-Id``;
+authenticated ones carry ``X-RateLimit-*``. Paths under ``/_sim/`` are the control API
+(``fin_relay.simulator.control``), without auth.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from fin_relay.contract.fin_api import API_VERSIONS, OPERATIONS, CsatRequest
-from fin_relay.simulator import control, scenarios
+from fin_relay.contract.fin_api import API_VERSIONS
+from fin_relay.simulator import control, scenarios, spec, validation
 from fin_relay.simulator.config import SimulatorConfig
 from fin_relay.simulator.endpoints import HANDLERS, Result
-from fin_relay.simulator.errors import ApiError, status_error, translate
+from fin_relay.simulator.errors import ApiError, status_error
 from fin_relay.simulator.faults import FaultTable
 from fin_relay.simulator.ratelimit import FixedWindowLimiter
 from fin_relay.simulator.state import Conversation, Store, now_ms
@@ -37,10 +37,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _STATIC_ROUTES: dict[str, str] = {
-    path: op for op, (path, _req, _resp) in OPERATIONS.items() if "{" not in path
+    path: op for op, path in spec.OPERATION_PATHS.items() if "{" not in path
 }
 _PROCEDURE_RE = re.compile(r"^/fin/procedures/([^/]+)/run$")
 _JSON = (b"content-type", b"application/json")
+_INVALID = object()  # a body that is not JSON
 
 
 _IDS = random.Random()  # seeded from os.urandom once; ids need uniqueness, not secrecy
@@ -213,6 +214,10 @@ class SimulatorApp:
             body = await read_body(receive)
         except ClientDisconnected:
             return
+        try:
+            data: Any = json.loads(body)
+        except (ValueError, RecursionError):
+            data = _INVALID
         entry: dict[str, Any] = {
             "time_ms": now_ms(),
             "method": scope["method"],
@@ -224,7 +229,9 @@ class SimulatorApp:
             "deduplicated": False,
             "request_id": request_id,
             "version": version_raw,
+            "api_version": None,
             "fault": None,
+            "body": data if self.config.log_bodies and data is not _INVALID else None,
         }
         self.requests.append(entry)
         headers = [(b"x-request-id", request_id.encode())]
@@ -241,7 +248,7 @@ class SimulatorApp:
                     await asyncio.sleep(fault.hang_s)
                 await _drop(send)
                 return
-            result = self._handle(op, path_params, version_raw, body, entry)
+            result = self._handle(op, path_params, version_raw, data, entry)
         except ApiError as error:
             entry["status"] = error.status
             await send_json(send, error.status, error.body(request_id), headers)
@@ -278,15 +285,14 @@ class SimulatorApp:
         op: str,
         path_params: dict[str, str],
         version_raw: str | None,
-        body: bytes,
+        data: Any,
         entry: dict[str, Any],
     ) -> Result:
         version = _check_version(version_raw, self.config.api_version_default)
-        entry["version"] = version
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise ApiError(400, "parameter_invalid", "Request body is not valid JSON") from None
+        entry["api_version"] = version
+        validation.check_operation(version, op)
+        if data is _INVALID:
+            raise ApiError(400, "parameter_invalid", "Request body is not valid JSON")
         if not isinstance(data, dict):
             raise ApiError(400, "parameter_invalid", "Request body must be a JSON object")
         cid = data.get("conversation_id")
@@ -295,19 +301,5 @@ class SimulatorApp:
         if isinstance(message, dict):
             stamp = message.get("timestamp_ms") or message.get("timestamp")
             entry["message_timestamp"] = stamp if isinstance(stamp, str) else None
-        model: type[BaseModel] = OPERATIONS[op][1]
-        if op == "escalate" and "conversation_id" not in data and "user" not in data:
-            raise ApiError(
-                400, "parameter_invalid", "Either conversation_id or user must be provided"
-            )
-        try:
-            request = model.model_validate(data)
-        except ValidationError as exc:
-            if model is CsatRequest and any(e["loc"] == ("rating",) for e in exc.errors()):
-                raise ApiError(
-                    422,
-                    "unprocessable_entity",
-                    raw_body={"errors": {"rating": "Rating isn't an option"}},
-                ) from None
-            raise translate(op, exc) from None
-        return HANDLERS[op](self, request, version, path_params)
+        validation.check_body(version, op, data)
+        return HANDLERS[op](self, data, version, path_params)

@@ -64,6 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--webhook-head-probe", action="store_true", help="HEAD the callback URL first")
     add("--csat-window-s", type=float, default=d.csat_window_s)
     add("--log-limit", type=int, default=d.log_limit, help="entries kept per log")  # fmt: skip
+    add(
+        "--no-log-bodies",
+        dest="log_bodies",
+        action="store_false",
+        help="do not keep request bodies in the request log (benchmarks)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -106,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         webhook_head_probe=args.webhook_head_probe,
         csat_window_s=args.csat_window_s,
         log_limit=args.log_limit,
+        log_bodies=args.log_bodies,
     )
     config.validate()
     return config

@@ -62,6 +62,8 @@ class SimulatorConfig:
     csat_window_s: float = 86_400.0
     #: Entries kept in the request and webhook logs (oldest dropped first).
     log_limit: int = 100_000
+    #: Keep each request's parsed JSON body in the request log (benchmarks switch it off).
+    log_bodies: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -110,6 +112,7 @@ class SimulatorConfig:
             "--webhook-duplicate": self.webhook_duplicate,
             "--webhook-out-of-order": self.webhook_out_of_order,
             "--webhook-head-probe": self.webhook_head_probe,
+            "--no-log-bodies": not self.log_bodies,
         }
         args += [flag for flag, on in flags.items() if on]
         return args

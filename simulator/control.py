@@ -8,6 +8,7 @@
 | GET / POST | ``/_sim/config`` | configuration (secrets masked) / update some fields |
 | GET / DELETE | ``/_sim/webhooks`` | the delivery log (every attempt) / clear it |
 | GET | ``/_sim/conversations/{id}`` | one conversation's state (404 if unknown) |
+| POST | ``/_sim/conversations/{id}/events`` | send events now: ``{"kind": K}`` or ``{"events": [...]}`` |
 | POST | ``/_sim/reset`` | clear logs, faults and conversations |
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from fin_relay.simulator import scenarios
 from fin_relay.simulator.config import apply_updates
 
 if TYPE_CHECKING:
@@ -80,6 +82,11 @@ def _dispatch(
         sim.faults.clear()
         sim.store.clear()
         return 200, {"reset": True}
+    if path.startswith("/_sim/conversations/") and path.endswith("/events"):
+        if method != "POST":
+            return 404, {"error": f"unknown control path {method} {path}"}
+        conversation_id = path.removeprefix("/_sim/conversations/").removesuffix("/events")
+        return _send_events(sim, conversation_id, data)
     if path.startswith("/_sim/conversations/"):
         conv = sim.store.get(path.removeprefix("/_sim/conversations/"))
         if conv is None:
@@ -96,3 +103,26 @@ def _dispatch(
             "csat_offered": conv.csat_offered_at is not None,
         }
     return 404, {"error": f"unknown control path {method} {path}"}
+
+
+def _send_events(sim: SimulatorApp, conversation_id: str, data: Any) -> tuple[int, Any]:
+    """Queue on-demand events for delivery like any other (signed, in order, with retries).
+
+    ``{"kind": K}`` builds the events of ``scenarios.ON_DEMAND[K]`` for the conversation;
+    ``{"events": [...]}`` sends the given objects exactly as they are.
+    """
+    conv = sim.store.get(conversation_id)
+    if conv is None:
+        return 404, {"error": "unknown conversation"}
+    if not isinstance(data, dict) or ("kind" in data) == ("events" in data):
+        raise ValueError('events body must be {"kind": K} or {"events": [...]}')
+    if "kind" in data:
+        if not isinstance(data["kind"], str):
+            raise ValueError("kind must be a string")
+        events = scenarios.on_demand_events(conv, data["kind"])
+    else:
+        events = data["events"]
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise ValueError("events must be a list of JSON objects")
+    sim.dispatcher.enqueue(conv.id, events)
+    return 200, {"conversation_id": conv.id, "version": conv.version, "events": events}

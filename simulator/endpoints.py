@@ -1,4 +1,5 @@
-"""The ``/fin/*`` endpoint handlers: validated request in, (status, body) out.
+"""The ``/fin/*`` endpoint handlers: a body already validated against the version's schema
+(plain JSON dicts, see ``fin_relay.simulator.validation``) in, (status, body) out.
 
 Choices where Intercom's docs are silent are marked "chosen" and listed in docs/simulator.md.
 """
@@ -8,26 +9,18 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-from fin_relay.contract.fin_api import (
-    AskRequest,
-    CsatRequest,
-    EscalateRequest,
-    FinUser,
-    ProcedureRunRequest,
-    ReplyRequest,
-    StartRequest,
-)
 from fin_relay.simulator import scenarios
 from fin_relay.simulator.errors import ApiError
 from fin_relay.simulator.state import Conversation, iso_ms, now_ms, timestamp_key
 
 if TYPE_CHECKING:
     from fin_relay.simulator.app import SimulatorApp
+
+Body = dict[str, Any]
 
 SESSION_EXISTS = (
     "Fin session already exists for this conversation. Please use /reply to continue the "
@@ -55,21 +48,27 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _attribute_errors(user: FinUser | None, conv_attrs: dict[str, Any] | None) -> dict[str, Any]:
+def _attribute_errors(user: Any, conv_attrs: Any) -> dict[str, Any]:
     """Scripted non-fatal attribute errors: keys starting ``invalid_`` or ``bad_`` (chosen)."""
     out: dict[str, Any] = {}
     bad = ("invalid_", "bad_")
-    if user is not None and user.attributes:
-        keys = [k for k in user.attributes if k.startswith(bad)]
+    user_attrs = user.get("attributes") if isinstance(user, dict) else None
+    if isinstance(user_attrs, dict):
+        keys = [k for k in user_attrs if k.startswith(bad)]
         if keys:
             out["user"] = {"attributes": {k: f"User attribute '{k}' does not exist" for k in keys}}
-    if conv_attrs:
+    if isinstance(conv_attrs, dict):
         keys = [k for k in conv_attrs if k.startswith(bad)]
         if keys:
             out["conversation"] = {
                 "attributes": {k: f"Conversation attribute '{k}' does not exist" for k in keys}
             }
     return out
+
+
+def _metadata_attributes(req: Body) -> Any:
+    metadata = req.get("conversation_metadata")
+    return metadata.get("attributes") if isinstance(metadata, dict) else None
 
 
 def _sse_url(sim: SimulatorApp, conversation_id: str, rewind: bool) -> str:
@@ -99,63 +98,60 @@ def _response(
     return body
 
 
-def message_timestamp(version: str, message: Any) -> str | None:
-    """The de-duplication timestamp (``timestamp_ms`` wins); enforce it where required.
+def message_timestamp(message: Any) -> str | None:
+    """The de-duplication timestamp of a message: ``timestamp_ms`` wins over ``timestamp``.
 
-    2.14–2.16 require ``timestamp`` (400); 2.17 answers 422 "timestamp_ms is required"; Preview
-    accepts neither.
+    Whether a version requires one was settled by validation (2.14–2.16: the schema requires
+    ``timestamp``; 2.17: 422 without either; Preview: neither required).
     """
-    if message is None:
+    if not isinstance(message, dict):
         return None
-    value: str | None = message.timestamp_ms or message.timestamp
-    if value is None and version in ("2.14", "2.15", "2.16"):
-        raise ApiError(
-            400, "parameter_invalid", "message.timestamp is required", "message.timestamp"
-        )
-    if value is None and version == "2.17":
-        raise ApiError(422, "parameter_invalid", "timestamp_ms is required", "message.timestamp_ms")
-    return value
+    value = message.get("timestamp_ms") or message.get("timestamp")
+    return value if isinstance(value, str) else None
 
 
 def _new_conversation(
-    sim: SimulatorApp,
-    req: StartRequest | AskRequest | ProcedureRunRequest,
-    version: str,
-    kind: str,
-    stamp: str | None,
+    sim: SimulatorApp, req: Body, version: str, kind: str, stamp: str | None
 ) -> tuple[Conversation | None, Result | None]:
     """Create the conversation, or answer a duplicate / an existing session."""
     key = timestamp_key(stamp)
-    conv = sim.store.get(req.conversation_id)
+    conversation_id: str = req["conversation_id"]
+    conv = sim.store.get(conversation_id)
     if conv is not None:
         if conv.seen_recently(key):
             return None, Result(200, _response(sim, conv, True), deduplicated=True)
         raise ApiError(400, "parameter_invalid", SESSION_EXISTS, "conversation_id")
-    conv = sim.store.create(req.conversation_id, req.user.id, version, kind)
+    conv = sim.store.create(conversation_id, req["user"]["id"], version, kind)
     conv.remember(key)
     return conv, None
 
 
-def start(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]) -> Result:
-    """``POST /fin/start`` (and ``/fin/ask``, which differs only in kind)."""
-    assert isinstance(req, StartRequest | AskRequest)
-    kind = "ask" if isinstance(req, AskRequest) else "conversation"
-    stamp = message_timestamp(version, req.message)
-    conv, dup = _new_conversation(sim, req, version, kind, stamp)
+def _begin(sim: SimulatorApp, req: Body, version: str, kind: str) -> Result:
+    message: Body = req["message"]
+    conv, dup = _new_conversation(sim, req, version, kind, message_timestamp(message))
     if dup is not None:
         return dup
     assert conv is not None
-    sim.schedule_turn(conv, req.message.body)
-    metadata = req.conversation_metadata
-    errors = _attribute_errors(req.user, metadata.attributes if metadata else None)
+    sim.schedule_turn(conv, message["body"])
+    errors = _attribute_errors(req["user"], _metadata_attributes(req))
     return Result(200, _response(sim, conv, True, errors))
 
 
-def reply(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]) -> Result:
+def start(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
+    """``POST /fin/start``."""
+    return _begin(sim, req, version, "conversation")
+
+
+def ask(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
+    """``POST /fin/ask``: like start, but one answer and ``complete`` (no follow-ups)."""
+    return _begin(sim, req, version, "ask")
+
+
+def reply(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
     """``POST /fin/reply``: 404 unknown conversation, 409 while Fin works (both chosen)."""
-    assert isinstance(req, ReplyRequest)
-    stamp = message_timestamp(version, req.message)
-    conv = sim.store.get(req.conversation_id)
+    message: Body = req["message"]
+    stamp = message_timestamp(message)
+    conv = sim.store.get(req["conversation_id"])
     if conv is None:
         raise ApiError(404, "not_found", NOT_FOUND, "conversation_id")
     key = timestamp_key(stamp)
@@ -164,41 +160,37 @@ def reply(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]
     if conv.busy:
         raise ApiError(409, "conflict", BUSY, "conversation_id")
     conv.remember(key)
-    conv.user_id = req.user.id
+    conv.user_id = req["user"]["id"]
     conv.version = version
-    sim.schedule_turn(conv, req.message.body)
-    return Result(200, _response(sim, conv, False, _attribute_errors(req.user, None)))
+    sim.schedule_turn(conv, message["body"])
+    return Result(200, _response(sim, conv, False, _attribute_errors(req["user"], None)))
 
 
-def procedure_run(sim: SimulatorApp, req: BaseModel, version: str, path: dict[str, str]) -> Result:
+def procedure_run(sim: SimulatorApp, req: Body, version: str, path: dict[str, str]) -> Result:
     """``POST /fin/procedures/{procedure_id}/run``."""
-    assert isinstance(req, ProcedureRunRequest)
     procedure_id = path["procedure_id"]
     if procedure_id not in PROCEDURES:
         raise ApiError(400, "parameter_invalid", "Procedure not found", "procedure_id")
-    stamp = req.message.timestamp_ms or req.message.timestamp if req.message else None
-    conv, dup = _new_conversation(sim, req, version, "procedure", stamp)
+    message = req.get("message")
+    conv, dup = _new_conversation(sim, req, version, "procedure", message_timestamp(message))
     if dup is not None:
         dup.body["procedure_id"] = procedure_id
         return dup
     assert conv is not None
-    sim.schedule_turn(conv, req.message.body if req.message else "")
-    metadata = req.conversation_metadata
-    body = _response(
-        sim, conv, True, _attribute_errors(req.user, metadata.attributes if metadata else None)
-    )
+    sim.schedule_turn(conv, message["body"] if isinstance(message, dict) else "")
+    body = _response(sim, conv, True, _attribute_errors(req["user"], _metadata_attributes(req)))
     body["procedure_id"] = procedure_id
     return Result(200, body)
 
 
-def escalate(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]) -> Result:
+def escalate(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
     """``POST /fin/escalate``: ``escalated`` (API reason) + ``complete``; cancels a pending turn."""
-    assert isinstance(req, EscalateRequest)
-    if req.conversation_id is None:
+    conversation_id = req.get("conversation_id")
+    if conversation_id is None:
         return Result(
             200, {"intercom_conversation_id": str(secrets.randbelow(10**9)), "status": "escalated"}
         )
-    conv = sim.store.get(req.conversation_id)
+    conv = sim.store.get(conversation_id)
     if conv is None:
         raise ApiError(400, "parameter_invalid", NOT_FOUND, "conversation_id")
     conv.cancel_pending()
@@ -214,10 +206,9 @@ def _csat_error(key: str, message: str) -> ApiError:
     return ApiError(422, "unprocessable_entity", message, raw_body={"errors": {key: message}})
 
 
-def csat(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]) -> Result:
+def csat(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
     """``POST /fin/csat`` with the documented idempotency and 422 bodies."""
-    assert isinstance(req, CsatRequest)
-    conv = sim.store.get(req.conversation_id)
+    conv = sim.store.get(req["conversation_id"])
     if conv is None:
         raise _csat_error(
             "external_conversation_id",
@@ -227,19 +218,21 @@ def csat(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str])
         raise _csat_error("base", "No rating survey found for this conversation")
     if time.monotonic() - conv.csat_offered_at > sim.config.csat_window_s:
         raise _csat_error("base", "The rating window for this conversation has closed")
-    same = req.rating == conv.rating and req.remark in (None, conv.remark)
+    rating: str = req["rating"]
+    remark: str | None = req.get("remark")
+    same = rating == conv.rating and remark in (None, conv.remark)
     if conv.remark is not None and not same:
         raise _csat_error(
             "base",
             "This rating can no longer be changed because a remark has already been submitted",
         )
-    conv.rating = req.rating
-    if req.remark is not None and conv.remark is None:
-        conv.remark = req.remark
-    return Result(200, {"conversation_id": conv.id, "rating": req.rating, "status": "rated"})
+    conv.rating = rating
+    if remark is not None and conv.remark is None:
+        conv.remark = remark
+    return Result(200, {"conversation_id": conv.id, "rating": rating, "status": "rated"})
 
 
-def capabilities(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[str, str]) -> Result:
+def capabilities(sim: SimulatorApp, req: Body, version: str, _path: dict[str, str]) -> Result:
     """``POST /fin/capabilities``: the known procedures plus reply, ask and escalate."""
     items: list[dict[str, Any]] = [
         {
@@ -260,9 +253,11 @@ def capabilities(sim: SimulatorApp, req: BaseModel, version: str, _path: dict[st
     return Result(200, {"version": version, "capabilities": items})
 
 
-HANDLERS = {
+Handler = Callable[["SimulatorApp", Body, str, dict[str, str]], Result]
+
+HANDLERS: dict[str, Handler] = {
     "start": start,
-    "ask": start,
+    "ask": ask,
     "reply": reply,
     "procedure_run": procedure_run,
     "escalate": escalate,

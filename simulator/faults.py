@@ -1,7 +1,7 @@
 """Fault injection per endpoint: latency, error rate, timeouts, dropped connections, forced
 status queues and outage windows.
 
-Endpoint keys are the operation names of ``fin_relay.contract.fin_api.OPERATIONS`` (``start``,
+Endpoint keys are the operation names of ``fin_relay.simulator.spec.OPERATION_PATHS`` (``start``,
 ``reply``, ``ask``, ``escalate``, ``csat``, ``capabilities``, ``procedure_run``) or ``*`` for
 every endpoint. An endpoint's own spec wins over ``*``.
 """
@@ -14,9 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fin_relay.contract.fin_api import OPERATIONS
+from fin_relay.simulator.spec import OPERATION_PATHS
 
-ENDPOINT_KEYS: frozenset[str] = frozenset({*OPERATIONS, "*"})
+ENDPOINT_KEYS: frozenset[str] = frozenset({*OPERATION_PATHS, "*"})
 
 LatencyDist = Literal["fixed", "uniform", "normal", "exponential"]
 

@@ -153,6 +153,7 @@ def run_check(duration_s: int = 10, connections: int = 200, latency_ms: float = 
                 reply_delay_ms=reply_delay_ms,
                 faults={"*": {"latency_ms": latency_ms}},
                 log_limit=1000,
+                log_bodies=False,
             )
             lua.write_text(WRK_LUA % {"token": config.token})
             sim = start_subprocess(config)

@@ -9,8 +9,13 @@ Keywords are matched case-insensitively as substrings (see docs/simulator.md):
 * anything else: a normal turn → ``fin_replied`` × ``reply_parts`` + ``awaiting_user_reply``.
 
 Version rules: ``fin_replied.status`` is ``awaiting_user_reply`` in 2.14/2.15 and ``replying`` from
-2.16 (and Preview); a ``/fin/ask`` answer ends with ``complete`` (its ``fin_replied`` is
-``complete`` in 2.17).
+2.16 (and Preview); a ``/fin/ask`` answer ends with ``complete`` (its ``fin_replied`` would be
+``complete`` in 2.17, whose schema has no ``/fin/ask`` yet). Every event validates against its
+version's event schema (``fin_relay.simulator.spec.event_errors``) except the entries of
+``spec.DOCUMENTED_DEVIATIONS`` (2.14/2.15 ``awaiting_user_reply`` status events).
+
+:data:`ON_DEMAND` lists the events the control API sends on request (unknown status / event,
+2.17 ``thinking`` and ``complete`` replies, a ``fin_reply_chunk``, unknown extra fields).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import html
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fin_relay.contract.fin_api import version_at_least
@@ -137,3 +143,85 @@ def turn_events(conv: Conversation, text: str, parts: int) -> tuple[list[dict[st
 def escalation_events(conv: Conversation) -> list[dict[str, Any]]:
     """``/fin/escalate`` on a conversation: ``escalated`` (API reason) then ``complete``."""
     return [status_event(conv, "escalated", API_ESCALATION_REASON), status_event(conv, "complete")]
+
+
+# --- events on demand (``POST /_sim/conversations/{id}/events``) -----------------------------
+
+#: A status no version documents (receivers must not reject unknown values).
+UNKNOWN_STATUS = "pondering"
+#: An event name no version documents.
+UNKNOWN_EVENT = "fin_mood_changed"
+
+
+def _unknown_status(conv: Conversation) -> list[dict[str, Any]]:
+    return [status_event(conv, UNKNOWN_STATUS)]
+
+
+def _unknown_event(conv: Conversation) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_name": UNKNOWN_EVENT,
+            "conversation_id": conv.id,
+            "user_id": conv.user_id,
+            "mood": "curious",
+            "created_at_ms": conv.next_created_at(),
+        }
+    ]
+
+
+def _thinking(conv: Conversation) -> list[dict[str, Any]]:
+    return [status_event(conv, "thinking")]
+
+
+def _complete_reply(conv: Conversation) -> list[dict[str, Any]]:
+    event = _replied(conv, "<p>Here is the complete answer.</p>", "complete")
+    event["message"]["format"] = "html"
+    event["message"]["sources"] = [
+        {"type": "article", "title": "Account settings", "url": "https://example.com/help/1"}
+    ]
+    return [event]
+
+
+def _reply_chunk(conv: Conversation) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_name": "fin_reply_chunk",
+            "conversation_id": conv.id,
+            "stream_id": secrets.token_hex(16),
+            "chunk_index": 0,
+            "chunk_text": "You can see your account details by clicking",
+            "status": "replying",
+            "created_at_ms": conv.next_created_at(),
+        }
+    ]
+
+
+def _extra_fields(conv: Conversation) -> list[dict[str, Any]]:
+    event = _replied(
+        conv,
+        "<p>An answer with fields no version documents.</p>",
+        reply_status(conv.version, conv.kind),
+    )
+    event["message"]["x_undocumented"] = {"confidence": 0.9}
+    event["x_undocumented"] = "added by Fin without notice"
+    return [event]
+
+
+#: ``kind`` -> the events it sends (all with ``created_at_ms`` now, in this conversation's
+#: strictly increasing order).
+ON_DEMAND: dict[str, Callable[[Conversation], list[dict[str, Any]]]] = {
+    "unknown_status": _unknown_status,
+    "unknown_event": _unknown_event,
+    "thinking": _thinking,
+    "complete_reply": _complete_reply,
+    "reply_chunk": _reply_chunk,
+    "extra_fields": _extra_fields,
+}
+
+
+def on_demand_events(conv: Conversation, kind: str) -> list[dict[str, Any]]:
+    """The events of an on-demand ``kind``; ``ValueError`` for an unknown kind."""
+    make = ON_DEMAND.get(kind)
+    if make is None:
+        raise ValueError(f"unknown event kind {kind!r} (one of {', '.join(ON_DEMAND)})")
+    return make(conv)

@@ -297,6 +297,25 @@ class SimulatorControl:
         result: dict[str, Any] = response.json()
         return result
 
+    def send_events(
+        self,
+        conversation_id: str,
+        kind: str | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Send events to the callback URL now (``POST /_sim/conversations/{id}/events``):
+        the on-demand ``kind`` (``unknown_status``, ``unknown_event``, ``thinking``,
+        ``complete_reply``, ``reply_chunk``, ``extra_fields``) or the raw ``events`` as given.
+        Returns the events queued; ``httpx.HTTPStatusError`` (404) for an unknown conversation.
+        """
+        if (kind is None) == (events is None):
+            raise ValueError("pass either kind or events")
+        body: dict[str, Any] = {"kind": kind} if events is None else {"events": events}
+        result: list[dict[str, Any]] = self._call(
+            "POST", f"/conversations/{conversation_id}/events", json=body
+        )["events"]
+        return result
+
     def wait_for(self, predicate: Callable[[SimulatorControl], Any], timeout_s: float = 10.0,
                  interval_s: float = 0.02) -> Any:  # fmt: skip
         """Poll ``predicate(self)`` until truthy; return its value or raise ``TimeoutError``."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from fin_relay.contract.fin_api import parse_fin_time
+from fin_relay.simulator.spec import parse_date_time
 
 DEDUP_WINDOW_S = 300.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def now_ms() -> int:
@@ -39,8 +41,10 @@ def timestamp_key(value: str | None) -> int | None:
     """Epoch ms of a message timestamp (the de-duplication key), ``None`` if absent."""
     if value is None:
         return None
-    moment = parse_fin_time(value)
-    return int(moment.timestamp() * 1000)
+    moment = parse_date_time(value)  # validated as an RFC 3339 date-time already
+    if moment is None:
+        return None
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass

@@ -130,9 +130,46 @@ def test_401_exact_body_and_no_rate_limit_headers(fin_simulator):
             "Cannot update more than 10 attributes at once.",
             "user.attributes",
         ),
-        (lambda b: b.update(attachments=b["attachments"] * 6), None, "attachments"),
-        (lambda b: b["attachments"][1].pop("data"), None, "attachments.1"),
-        (lambda b: b.update(bogus=1), "bogus is not a valid parameter", "bogus"),
+        (
+            lambda b: b.update(attachments=b["attachments"] * 6),
+            "too many items: 12 (at most 10)",
+            "attachments",
+        ),
+        (
+            lambda b: b["attachments"][1].pop("data"),
+            "attachments.1.data is required",
+            "attachments.1.data",
+        ),
+        (
+            lambda b: b["attachments"][1].update(data="iVBORw0KGgo..."),
+            "'iVBORw0KGgo...' is not a 'byte'",
+            "attachments.1.data",
+        ),
+        (
+            lambda b: b["user"].update(email="john.doe"),
+            "'john.doe' is not a 'email'",
+            "user.email",
+        ),
+        (
+            lambda b: b["message"].update(timestamp="2025-01-24 10:01:20"),
+            "'2025-01-24 10:01:20' is not a 'date-time'",
+            "message.timestamp",
+        ),
+        (
+            lambda b: b["message"].update(author="bot"),
+            "'bot' is not one of ['user', 'agent', 'fin']",
+            "message.author",
+        ),
+        (
+            lambda b: b.update(bogus=1),
+            "Additional properties are not allowed ('bogus' was unexpected)",
+            "bogus",
+        ),
+        (
+            lambda b: b.update(settings={"email": True}),
+            "Additional properties are not allowed ('settings' was unexpected)",
+            "settings",
+        ),
     ],
 )
 def test_400_parameter_invalid_names_the_field(fin_simulator, mutate, message, field):
@@ -193,17 +230,22 @@ def test_version_handling(fin_simulator):
         junk = c.post(
             "/fin/start", json=example("start_request"), headers={"Intercom-Version": "banana"}
         )
-        ok = c.post(
+        preview = c.post(
             "/fin/capabilities",
             json=example("capabilities_request"),
-            headers={"Intercom-Version": "2.14"},
+            headers={"Intercom-Version": "preview"},
         )
-        default = c.post("/fin/capabilities", json=example("capabilities_request"))
+        default = c.post("/fin/start", json=example("start_request"))
     assert old.status_code == 400
     assert _error(old)["code"] == documented["errors"][0]["code"]
     assert _error(junk)["message"] == documented["errors"][0]["message"]
-    assert ok.status_code == 200 and ok.json()["version"] == "2.14"
-    assert default.json()["version"] == "2.15"  # missing header = the app's default
+    assert preview.status_code == 200 and preview.json()["version"] == "Preview"
+    assert default.status_code == 200
+    # Missing header = the app's default (2.15): the request log says which version answered.
+    [logged] = [
+        r for r in sim.control.requests() if r["path"] == "/fin/start" and r["status"] == 200
+    ]
+    assert logged["version"] is None and logged["api_version"] == "2.15"
 
 
 def test_unknown_conversation_existing_session_and_busy(fin_simulator):

@@ -18,12 +18,12 @@ def test_configure_token_at_run_time(fin_simulator):
     sim = fin_simulator(token="old-token")
     config = sim.control.configure(token="new-token", rate_limit_per_minute=600)
     assert config["token"] == "***" and config["rate_limit_per_minute"] == 600
-    with client(sim) as c:
+    with client(sim, "Preview") as c:
         assert c.post("/fin/capabilities", json=example("capabilities_request")).status_code == 401
     response = httpx.post(
         sim.base_url + "/fin/capabilities",
         json=example("capabilities_request"),
-        headers={"Authorization": "Bearer new-token"},
+        headers={"Authorization": "Bearer new-token", "Intercom-Version": "Preview"},
     )
     assert response.status_code == 200
     assert response.headers["x-ratelimit-limit"] == "100"
@@ -56,7 +56,8 @@ def test_cli_options_build_config():
     args = parser.parse_args(
         ["--port", "0", "--token", "t", "--secret", "s", "--callback-url", "http://x/h",
          "--rate-limit-per-minute", "1000", "--latency-ms", "50", "--error-rate", "0.1",
-         "--retry-after", "--webhook-duplicate", "--faults-json", '{"start": {"queue": [503]}}']
+         "--retry-after", "--webhook-duplicate", "--faults-json", '{"start": {"queue": [503]}}',
+         "--no-log-bodies"]
     )  # fmt: skip
     config = cli.config_from_args(args)
     assert config.faults == {
@@ -65,6 +66,8 @@ def test_cli_options_build_config():
               "error_rate": 0.1, "error_status": 503},
     }  # fmt: skip
     assert config.retry_after and config.webhook_duplicate and config.callback_url == "http://x/h"
+    assert config.log_bodies is False and SimulatorConfig().log_bodies is True
+    assert "--no-log-bodies" in config.to_args()
     round_trip = cli.config_from_args(parser.parse_args(config.to_args()))
     assert round_trip == config
     assert "very-secret-token" not in repr(SimulatorConfig(token="very-secret-token"))

@@ -19,9 +19,9 @@ def test_forced_queue_then_normal(fin_simulator):
         statuses = [
             c.post("/fin/start", json=example("start_request")).status_code for _ in range(3)
         ]
-        other = c.post("/fin/capabilities", json=example("capabilities_request"))
+        other = c.post("/fin/csat", json=example("csat_request"))
     assert statuses == [503, 500, 200]
-    assert other.status_code == 200  # faults are per endpoint
+    assert other.status_code == 422  # faults are per endpoint (no CSAT survey: a real answer)
     log = sim.control.requests()
     assert [e["fault"] for e in log[:3]] == ["error", "error", None]
 

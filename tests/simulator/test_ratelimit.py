@@ -37,7 +37,7 @@ def test_limit_is_per_minute_floor_div_6_and_windows_align():
 def test_headers_429_and_window_boundary_over_http(fin_simulator):
     clock = FakeClock(1487332501.0)
     sim = fin_simulator(clock=clock, rate_limit_per_minute=18)  # 3 per 10 s window
-    with client(sim) as c:
+    with client(sim, "Preview") as c:
         seen = [c.post("/fin/capabilities", json=example("capabilities_request")) for _ in range(4)]
         assert [r.status_code for r in seen] == [200, 200, 200, 429]
         assert [r.headers["x-ratelimit-remaining"] for r in seen] == ["2", "1", "0", "0"]
@@ -67,7 +67,7 @@ def test_headers_429_and_window_boundary_over_http(fin_simulator):
 def test_retry_after_flag(fin_simulator):
     clock = FakeClock(1487332505.0)
     sim = fin_simulator(clock=clock, rate_limit_per_minute=6, retry_after=True)  # 1 per window
-    with client(sim) as c:
+    with client(sim, "Preview") as c:
         c.post("/fin/capabilities", json=example("capabilities_request"))
         limited = c.post("/fin/capabilities", json=example("capabilities_request"))
     assert limited.status_code == 429
@@ -77,7 +77,7 @@ def test_retry_after_flag(fin_simulator):
 def test_real_clock_short_window_resets(fin_simulator):
     """With a 1 s window (tests only) the real clock crosses a boundary within about a second."""
     sim = fin_simulator(rate_limit_per_minute=60, rate_limit_window_s=1)  # 1 per 1 s window
-    with client(sim) as c:
+    with client(sim, "Preview") as c:
         deadline = time.monotonic() + 10
         while True:  # the second call within one window is limited
             limited = c.post("/fin/capabilities", json=example("capabilities_request"))

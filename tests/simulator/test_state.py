@@ -11,11 +11,14 @@ def test_duplicate_start_and_reply_are_deduplicated(fin_simulator, webhook_recei
         first = c.post("/fin/start", json=example("start_request"))
         webhook_receiver.wait_for_events(2)
         retry = c.post("/fin/start", json=example("start_request"))
-        # Same instant written with timestamp_ms instead: still the same message.
+        # The same instant written differently, in timestamp_ms (which wins over a different
+        # timestamp): still the same message.
         retry_ms = c.post(
             "/fin/start",
             json=with_message(
-                example("start_request"), timestamp=None, timestamp_ms="2025-01-24T10:01:20Z"
+                example("start_request"),
+                timestamp="2025-01-24T10:05:00.000Z",
+                timestamp_ms="2025-01-24T11:01:20+01:00",
             ),
         )
         reply = c.post("/fin/reply", json=example("reply_request"))
@@ -40,9 +43,14 @@ def test_busy_reply_does_not_burn_the_timestamp(fin_simulator):
         c.post("/fin/start", json=example("start_request"))
         busy = c.post("/fin/reply", json=example("reply_request"))
         sim.control.configure(reply_delay_ms=0)
-        c.post("/fin/escalate", json={"conversation_id": "ext-123"})
+        escalated = c.post(
+            "/fin/escalate",
+            json={"conversation_id": "ext-123"},
+            headers={"Intercom-Version": "Preview"},
+        )
         later = c.post("/fin/reply", json=example("reply_request"))
     assert busy.status_code == 409
+    assert escalated.status_code == 200
     assert later.status_code == 200 and later.json()["status"] == "thinking"
     assert sim.control.requests()[-1]["deduplicated"] is False
 

@@ -108,7 +108,7 @@ def test_thanks_resolves_and_requests_csat(fin_simulator, webhook_receiver):
 def test_api_escalation_and_ask(fin_simulator, webhook_receiver):
     sim = fin_simulator(callback_url=webhook_receiver.url, secret=SECRET, reply_delay_ms=60_000)
     _start(sim)
-    with client(sim, "2.17") as c:
+    with client(sim, "Preview") as c:
         assert (
             c.post("/fin/escalate", json=example("escalate_request_conversation")).status_code
             == 200
@@ -127,10 +127,11 @@ def test_api_escalation_and_ask(fin_simulator, webhook_receiver):
 
 def test_ask_ends_with_complete(fin_simulator, webhook_receiver):
     sim = fin_simulator(callback_url=webhook_receiver.url, secret=SECRET)
-    with client(sim, "2.17") as c:
+    with client(sim, "Preview") as c:
         assert c.post("/fin/ask", json=example("ask_request")).status_code == 200
     events = webhook_receiver.wait_for_events(2, "ext-124")
-    assert _names(events) == [("fin_replied", "complete"), ("fin_status_updated", "complete")]
+    # No awaiting_user_reply cycle: one answer, then complete.
+    assert _names(events) == [("fin_replied", "replying"), ("fin_status_updated", "complete")]
 
 
 def test_tampered_or_unsigned_body_is_detected(fin_simulator, webhook_receiver):
