@@ -67,6 +67,7 @@ class Producer:
     ) -> None:
         self.settings = settings if settings is not None else load(ProducerSettings)
         self._names = Names(self.settings.fin_relay_namespace)
+        self._versions = self.settings.fin_versions
         self.timeout_s = self.settings.fin_relay_enqueue_timeout_s
         self.window_s = self.settings.fin_relay_idempotency_window_s
         self._client = redis_client
@@ -128,11 +129,11 @@ class Producer:
 
     def enqueue(self, operation: str, arguments: Mapping[str, Any]) -> JobHandle:
         """Enqueue ``operation`` (``start``, ``reply``, ...) with Fin body fields + options."""
-        return self.publish(prepare(operation, arguments))
+        return self.publish(prepare(operation, arguments, versions=self._versions))
 
     async def enqueue_async(self, operation: str, arguments: Mapping[str, Any]) -> JobHandle:
         """:meth:`enqueue` for an event loop: validation is pure, the publish is asyncio."""
-        return await self.publish_async(prepare(operation, arguments))
+        return await self.publish_async(prepare(operation, arguments, versions=self._versions))
 
     def publish(self, job: PreparedJob, *, idempotent: bool = True) -> JobHandle:
         """Publish a prepared job. ``idempotent=False`` ignores the marker (dead-letter replay).

@@ -23,10 +23,13 @@ from fin_relay.contract.fin_api import (
     FinMessage,
     FinUser,
     ProcedureConversationMetadata,
+    ProcedureSettings,
     Settings,
+    VersionPolicy,
     format_fin_time,
 )
 from fin_relay.contract.jobs import (
+    DEFAULT_VERSIONS,
     PROCEDURE_KWARG,
     RELAY_KWARG,
     JobOptions,
@@ -59,7 +62,9 @@ class JobOptionArgs(TypedDict, total=False):
 
 
 class StartArgs(JobOptionArgs):
-    """Keyword arguments of ``start`` and ``ask`` (``POST /fin/start``, ``/fin/ask``)."""
+    """Keyword arguments of ``start`` and ``ask`` (``POST /fin/start``, ``/fin/ask``).
+
+    ``settings`` only where the version takes it: ``start`` on Preview (never ``ask``)."""
 
     conversation_id: Required[str]
     message: Required[MessageArg]
@@ -70,7 +75,7 @@ class StartArgs(JobOptionArgs):
 
 
 class ReplyArgs(JobOptionArgs):
-    """Keyword arguments of ``reply`` (``POST /fin/reply``)."""
+    """Keyword arguments of ``reply`` (``POST /fin/reply``); ``settings`` on Preview only."""
 
     conversation_id: Required[str]
     message: Required[MessageArg]
@@ -110,7 +115,7 @@ class ProcedureRunArgs(JobOptionArgs):
     user: Required[UserArg]
     message: NotRequired[MessageArg]
     conversation_metadata: NotRequired[ProcedureConversationMetadata | Mapping[str, Any]]
-    settings: NotRequired[Settings | Mapping[str, Any]]
+    settings: NotRequired[ProcedureSettings | Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +199,19 @@ def relay_options(arguments: Mapping[str, Any], now: datetime) -> dict[str, Any]
 
 
 def prepare(
-    operation: str, arguments: Mapping[str, Any], *, now: datetime | None = None
+    operation: str,
+    arguments: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+    versions: VersionPolicy = DEFAULT_VERSIONS,
 ) -> PreparedJob:
-    """Validate ``arguments`` (Fin body fields + options), stamp, and build the Celery message.
+    """Validate ``arguments`` (Fin body fields + options) against the request body of the
+    ``Intercom-Version`` the job will be sent with (``versions``: ``FIN_API_VERSION`` and
+    ``FIN_RELAY_PREVIEW_OPERATIONS``), stamp, and build the Celery message.
 
-    Raises :class:`InvalidJobError` naming the offending field. ``message.timestamp`` is stamped
-    once, here, unless the caller set one.
+    Raises :class:`InvalidJobError` naming the offending field (and the version, for a field the
+    version does not accept). ``message.timestamp`` is stamped once, here, unless the caller set
+    one; the job then carries both ``timestamp`` and ``timestamp_ms`` for that instant.
     """
     if operation not in CALL_TASKS:
         raise InvalidJobError(f"unknown operation {operation!r} (one of {', '.join(CALL_TASKS)})")
@@ -209,7 +221,7 @@ def prepare(
     kwargs = _body(operation, arguments)
     stamp_timestamp(operation, kwargs, now=moment)
     kwargs[RELAY_KWARG] = relay_options(arguments, moment)
-    validated = validate_job(operation, kwargs)
+    validated = validate_job(operation, kwargs, versions)
     wire: dict[str, Any] = dict(validated.body)
     if PROCEDURE_KWARG in kwargs:
         wire[PROCEDURE_KWARG] = str(kwargs[PROCEDURE_KWARG])

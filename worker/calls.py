@@ -21,7 +21,7 @@ from fin_relay.contract.errors import (
     RateLimitedError,
     RetryableError,
 )
-from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, format_fin_time
+from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, complete_timestamps, format_fin_time
 from fin_relay.contract.jobs import validate_task
 from fin_relay.contract.names import TASK_OPERATIONS
 from fin_relay.worker import lua, metrics
@@ -73,16 +73,15 @@ def run_call(
         started_ms=_now_ms(),
     )
     try:
-        ctx.job = validate_task(task, kwargs)
+        ctx.job = validate_task(task, kwargs, rt.versions)
     except InvalidJobError as exc:
         finish(rt, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
         return None
     ctx.body = ctx.job.body
     stamp = None
     if operation in MESSAGE_OPERATIONS and ctx.job.message_timestamp is None:
-        message = ctx.body.get("message")
-        if isinstance(message, dict) and not message.get("timestamp_ms"):
-            stamp = format_fin_time(datetime.now(UTC))
+        # Neither timestamp field (validation completes one from the other): stamp durably.
+        stamp = format_fin_time(datetime.now(UTC))
     # Open this thread's HTTP client (first use: TLS context, pool) before a slot is taken, so
     # the time between the grant and the send stays short.
     rt.clients.get()
@@ -107,9 +106,39 @@ def run_call(
             check.job.get("outcome"),
         )
         return None
+    unknown = _earlier_attempt_too_old(rt, check.job)
+    if unknown is not None:
+        finish(rt, ctx, Outcome("failed", reason="outcome_unknown", error={"message": unknown}))
+        return None
     if stamp is not None and check.ts:
-        ctx.body["message"] = {**ctx.body["message"], "timestamp": check.ts}
+        message = {k: v for k, v in ctx.body["message"].items() if k != "timestamp_ms"}
+        ctx.body["message"] = complete_timestamps({**message, "timestamp": check.ts})
     return _after_check(rt, ctx, check, defers, acquired)
+
+
+def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | None:
+    """Why this delivery must not call Fin, or ``None``.
+
+    ``ambiguous_since_ms`` is written (HSETNX) in the same script that grants the rate-limit
+    slot, so before any request leaves, and it is cleared only when Fin answered "not
+    accepted" (429, 401). A delivery that finds it older than the retry deadline is a job
+    whose earlier request may have reached Fin that long ago (a worker killed mid-call, a
+    redelivery after the visibility timeout): Fin de-duplicates a message only within 5
+    minutes, so sending it again could make the user's message appear twice.
+    """
+    since = job_hash.get(AMBIGUOUS_FIELD)
+    if not since:
+        return None
+    age_s = (_now_ms() - int(since)) / 1000.0
+    deadline_s = rt.settings.fin_relay_retry_deadline_s
+    if age_s < deadline_s:
+        return None
+    return (
+        f"an earlier attempt may have reached Fin {age_s:.0f} s ago, past "
+        f"FIN_RELAY_RETRY_DEADLINE_S ({deadline_s:.0f} s): not sent again, since Fin "
+        "de-duplicates a message only within 5 minutes; whether Fin got it is unknown "
+        "(replay the dead letter to send it again on purpose)"
+    )
 
 
 def _after_check(
@@ -179,7 +208,7 @@ def _call(rt: Runtime, ctx: JobContext, slot: Acquired) -> Defer | None:
     was_ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
     ctx.attempts += 1
     try:
-        reply = rt.clients.get().post(ctx.job.path, ctx.body, observed)
+        reply = rt.clients.get().post(ctx.job.path, ctx.body, observed, ctx.job.version)
     except RateLimitedError as exc:
         return _rate_limited(rt, ctx, exc, observed, was_ambiguous)
     except AuthError as exc:

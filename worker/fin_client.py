@@ -173,6 +173,7 @@ class FinClient:
             write=read_timeout_s,
             pool=connect_timeout_s,
         )
+        self._version = api_version
         self._http = httpx.Client(
             base_url=base_url,
             headers={
@@ -192,8 +193,17 @@ class FinClient:
     def __repr__(self) -> str:  # never the token
         return f"FinClient(base_url={str(self._http.base_url)!r})"
 
-    def post(self, path: str, body: dict[str, Any], observed: CallObservation) -> FinReply:
+    def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        observed: CallObservation,
+        version: str | None = None,
+    ) -> FinReply:
         """POST ``body`` to ``path``; return the 2xx reply or raise a ``contract.errors`` class.
+
+        ``version`` is the call's ``Intercom-Version`` when it is not the client's default (the
+        Preview-only operations).
 
         ``observed`` receives the rate-limit headers and latency even when this raises, so the
         caller can feed the limiter from every response.
@@ -202,7 +212,12 @@ class FinClient:
         started = time.perf_counter()
         try:
             observed.sent = True
-            response = self._http.post(path, content=content)
+            if version is None or version == self._version:
+                response = self._http.post(path, content=content)
+            else:
+                response = self._http.post(
+                    path, content=content, headers={"Intercom-Version": version}
+                )
         except httpx.TimeoutException as exc:
             raise RetryableError(f"timeout: {type(exc).__name__}") from None
         except httpx.TransportError as exc:  # connect errors, RemoteProtocolError, ...

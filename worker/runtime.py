@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from fin_relay.contract.fin_api import VersionPolicy
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import WorkerSettings, load
 from fin_relay.worker import lua
@@ -35,6 +36,11 @@ class Runtime:
     gate: Gate
     batch: Coalescer
     rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def versions(self) -> VersionPolicy:
+        """The ``Intercom-Version`` each operation is checked against and sent with."""
+        return self.settings.fin_versions
 
     @classmethod
     def build(cls, settings: WorkerSettings) -> Runtime:

@@ -1,11 +1,15 @@
 """The Fin Agent API as typed models (pydantic v2).
 
-Built to ``shared/fin-agent-api.md`` (Intercom's OpenAPI specs 2.14, 2.15, 2.16, 2.17 and Preview).
+Built to Intercom's OpenAPI descriptions of the Fin Agent API (2.14, 2.15, 2.16, Preview) and its
+developer docs (2.17, which has no OpenAPI yet); docs/fin-api-versions.md has the tables.
 
 Conventions:
 
-* **Requests** (what we send) reject unknown fields, so a typo fails at enqueue time, naming
-  the field, instead of being silently dropped by Fin.
+* **Requests** (what we send) are modelled **per ``Intercom-Version``**
+  (:func:`request_model`): a field the version's schema does not list is refused, naming the
+  field and the version, instead of being sent (Fin would refuse or silently drop it).
+  Operations that only Preview has are sent with ``Intercom-Version: Preview``
+  (:class:`VersionPolicy`).
 * **Responses and events** (what Fin sends) keep unknown fields (``extra="allow"``): Fin adds
   fields without notice, and we pass them through untouched.
 * Timestamps stay the ISO-8601 *strings* Fin sends (``created_at_ms`` is a string despite its
@@ -17,7 +21,9 @@ Conventions:
 
 from __future__ import annotations
 
+import binascii
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -60,16 +66,23 @@ __all__ = [
     "FinUser",
     "GenericEvent",
     "OutgoingMessage",
+    "PreviewReplyRequest",
+    "PreviewStartRequest",
     "ProcedureConversationMetadata",
     "ProcedureRunRequest",
     "ProcedureRunResponse",
+    "ProcedureSettings",
     "ReplyRequest",
     "Settings",
     "StartRequest",
     "ValidationError",
+    "VersionPolicy",
+    "complete_timestamps",
     "dump",
+    "dump_request",
     "parse_event",
     "parse_fin_time",
+    "request_model",
     "response_statuses",
     "status_event_statuses",
     "version_at_least",
@@ -82,6 +95,32 @@ MAX_ESCALATE_TEXT = 10_000
 
 #: ``Intercom-Version`` values that can call the Fin Agent API (>= 2.14, or ``Preview``).
 API_VERSIONS: tuple[str, ...] = ("2.14", "2.15", "2.16", "2.17", "Preview")
+PREVIEW = "Preview"
+#: Operations whose paths only Intercom's Preview OpenAPI has (2.14-2.16 list start, reply and
+#: csat only).
+PREVIEW_ONLY_OPERATIONS: frozenset[str] = frozenset(
+    {"ask", "escalate", "capabilities", "procedure_run"}
+)
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which ``Intercom-Version`` each operation is sent with.
+
+    ``default`` is ``FIN_API_VERSION``. Preview-only operations go out with ``Preview`` whatever
+    the default is (``preview_operations=True``, the default), or are refused
+    (``FIN_RELAY_PREVIEW_OPERATIONS=refuse``).
+    """
+
+    default: str = "2.15"
+    preview_operations: bool = True
+
+    def version_for(self, operation: str) -> str | None:
+        """The version ``operation`` is sent with; ``None`` when it is refused."""
+        if operation in PREVIEW_ONLY_OPERATIONS and self.default != PREVIEW:
+            return PREVIEW if self.preview_operations else None
+        return self.default
+
 
 CSAT_RATINGS: tuple[str, ...] = ("terrible", "bad", "ok", "good", "amazing")
 
@@ -111,6 +150,19 @@ def _check_iso(value: str) -> str:
 
 IsoTime = Annotated[str, AfterValidator(_check_iso)]
 """An ISO-8601 timestamp kept as the string Fin sent (so it re-serialises unchanged)."""
+
+_RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _check_rfc3339(value: str) -> str:
+    if not _RFC3339_RE.match(value):
+        raise ValueError(f"not an RFC 3339 date-time such as 2025-01-24T10:01:20.000Z: {value!r}")
+    parse_fin_time(value)
+    return value
+
+
+RequestTime = Annotated[str, AfterValidator(_check_rfc3339)]
+"""A timestamp we send: RFC 3339 (Intercom's ``format: date-time``), kept as given."""
 
 Author = Literal["user", "agent", "fin"]
 HistoryAuthor = Literal["user", "agent"]
@@ -188,25 +240,55 @@ Attributes = Annotated[dict[str, Any], AfterValidator(_limit_attributes)]
 
 
 class FinMessage(_Request):
-    """``fin_agent_message`` as sent by us (history items and top-level messages)."""
+    """``fin_agent_message`` as sent by us (history items and top-level messages).
+
+    Every version's schema lists both ``timestamp`` and ``timestamp_ms``; fin-relay sends both
+    for the same instant (:func:`complete_timestamps`), so they must not name two instants.
+    """
 
     author: Author
     body: str
-    timestamp: IsoTime | None = None
-    timestamp_ms: IsoTime | None = None
+    timestamp: RequestTime | None = None
+    timestamp_ms: RequestTime | None = None
+
+    @model_validator(mode="after")
+    def _one_instant(self) -> FinMessage:
+        if self.timestamp is not None and self.timestamp_ms is not None:
+            a, b = parse_fin_time(self.timestamp), parse_fin_time(self.timestamp_ms)
+            if format_fin_time(a) != format_fin_time(b):
+                raise ValueError(
+                    "timestamp and timestamp_ms name different instants "
+                    f"({self.timestamp} vs {self.timestamp_ms}); give one, or both equal"
+                )
+        return self
 
 
 class HistoryMessage(FinMessage):
-    """A ``conversation_metadata.history`` item: only ``user`` and ``agent`` authors."""
+    """A ``conversation_metadata.history`` item: only ``user`` and ``agent`` authors, and a time.
+
+    2.14–2.16 require ``timestamp``; on 2.17 one untimed item makes Fin ignore the whole
+    history. fin-relay refuses an item without ``timestamp`` or ``timestamp_ms`` rather than
+    inventing a time for it.
+    """
 
     author: HistoryAuthor
+
+    @model_validator(mode="after")
+    def _timed(self) -> HistoryMessage:
+        if self.timestamp is None and self.timestamp_ms is None:
+            raise ValueError(
+                "a history item needs timestamp or timestamp_ms (Fin requires one; on 2.17 "
+                "an untimed item makes Fin ignore the whole history)"
+            )
+        return self
 
 
 class OutgoingMessage(FinMessage):
     """The top-level ``message`` of start/reply/ask.
 
-    ``timestamp`` is required in 2.14–2.16; fin-relay stamps it at enqueue when the caller left
-    it out (see ``fin_relay.contract.jobs.stamp_timestamp``), so it is optional here.
+    ``timestamp`` is required in 2.14–2.16; fin-relay stamps it at enqueue (or, for a job sent
+    without one, in the worker before the first attempt) when the caller left it out, so it is
+    optional here.
     """
 
 
@@ -224,6 +306,14 @@ class FinUser(_Request):
         if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
             raise ValueError("not an email address")
         return value
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return False
+    return True
 
 
 class Attachment(_Request):
@@ -244,6 +334,8 @@ class Attachment(_Request):
             missing = [f for f in ("name", "content_type", "data") if not getattr(self, f)]
             if missing:
                 raise ValueError(f"a file attachment needs {', '.join(missing)}")
+            if self.data is not None and not _is_base64(self.data):
+                raise ValueError("a file attachment's data must be base64 (standard alphabet)")
         return self
 
     def summary(self) -> dict[str, Any]:
@@ -272,11 +364,20 @@ class ProcedureConversationMetadata(_Request):
 
 
 class Settings(_Request):
-    """``fin_agent_settings`` (Preview; 2.17 adds ``response_format``)."""
+    """``fin_agent_settings``: only Preview's ``/fin/start`` and ``/fin/reply`` take it.
+
+    The 2.17 prose names a ``response_format`` without documenting its values or where it goes;
+    no schema lists it, so it is refused.
+    """
 
     follow_up_questions: bool | None = None
     email: bool | None = None
-    response_format: str | None = None
+
+
+class ProcedureSettings(_Request):
+    """``settings`` of ``/fin/procedures/{id}/run``: ``email`` only."""
+
+    email: bool | None = None
 
 
 AttachmentList = Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)]
@@ -284,23 +385,34 @@ ConversationId = Annotated[str, Field(min_length=1)]
 
 
 class ReplyRequest(_Request):
-    """Body of ``POST /fin/reply`` (no ``conversation_metadata`` in 2.14–2.16)."""
+    """Body of ``POST /fin/reply`` on 2.14–2.17 (no ``conversation_metadata``, no ``settings``)."""
 
     conversation_id: ConversationId
     message: OutgoingMessage
     user: FinUser
     attachments: AttachmentList | None = None
-    settings: Settings | None = None
 
 
 class StartRequest(ReplyRequest):
-    """Body of ``POST /fin/start``: a reply's fields plus ``conversation_metadata``."""
+    """Body of ``POST /fin/start`` on 2.14–2.17: a reply's fields plus ``conversation_metadata``."""
 
     conversation_metadata: ConversationMetadata | None = None
 
 
+class PreviewReplyRequest(ReplyRequest):
+    """``POST /fin/reply`` on Preview: adds ``settings``."""
+
+    settings: Settings | None = None
+
+
+class PreviewStartRequest(StartRequest):
+    """``POST /fin/start`` on Preview: adds ``settings``."""
+
+    settings: Settings | None = None
+
+
 class AskRequest(StartRequest):
-    """Body of ``POST /fin/ask``: the same fields as start."""
+    """Body of ``POST /fin/ask`` (Preview): start's fields, and no ``settings`` even there."""
 
 
 class ProcedureRunRequest(_Request):
@@ -310,7 +422,7 @@ class ProcedureRunRequest(_Request):
     user: FinUser
     message: FinMessage | None = None
     conversation_metadata: ProcedureConversationMetadata | None = None
-    settings: Settings | None = None
+    settings: ProcedureSettings | None = None
 
 
 class EscalateRequest(_Request):
@@ -530,10 +642,68 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_unset=True)
 
 
-#: Operation name -> (HTTP path template, request model, response model).
+def dump_request(model: BaseModel) -> dict[str, Any]:
+    """A request body to send: the fields that were set, a ``null`` field left out (no schema
+    lets a request field be ``null``; values inside free-form ``attributes`` are kept), and both
+    timestamps of every message (:func:`complete_timestamps`)."""
+    body = model.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    message = body.get("message")
+    if isinstance(message, dict):
+        body["message"] = complete_timestamps(message)
+    metadata = body.get("conversation_metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("history"), list):
+        metadata["history"] = [
+            complete_timestamps(item) if isinstance(item, dict) else item
+            for item in metadata["history"]
+        ]
+    return body
+
+
+def complete_timestamps(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with both ``timestamp`` and ``timestamp_ms`` when it has either.
+
+    Every version's schema lists both (2.14–2.16 require ``timestamp``; live workspaces on newer
+    versions are reported to require ``timestamp_ms``; 2.17 prefers ``timestamp_ms``), so both go
+    out for the same instant. The one given is kept as given; the other is derived
+    (``timestamp_ms`` in Fin's form, UTC with milliseconds). A message with neither is returned
+    unchanged (the caller stamps it).
+    """
+    ts, ts_ms = message.get("timestamp"), message.get("timestamp_ms")
+    if isinstance(ts, str) and ts_ms is None:
+        return {**message, "timestamp_ms": format_fin_time(parse_fin_time(ts))}
+    if isinstance(ts_ms, str) and ts is None:
+        return {**message, "timestamp": ts_ms}
+    return message
+
+
+_STABLE_MODELS: dict[str, type[BaseModel]] = {
+    "start": StartRequest,
+    "reply": ReplyRequest,
+    "csat": CsatRequest,
+}
+_PREVIEW_MODELS: dict[str, type[BaseModel]] = {
+    "start": PreviewStartRequest,
+    "reply": PreviewReplyRequest,
+    "csat": CsatRequest,
+    "ask": AskRequest,
+    "escalate": EscalateRequest,
+    "capabilities": CapabilitiesRequest,
+    "procedure_run": ProcedureRunRequest,
+}
+
+
+def request_model(operation: str, version: str) -> type[BaseModel] | None:
+    """The request body model of ``operation`` on ``version``; ``None`` when the version has no
+    such operation (the ask/escalate/capabilities/procedure_run paths exist only in Preview)."""
+    models = _PREVIEW_MODELS if version == PREVIEW else _STABLE_MODELS
+    return models.get(operation)
+
+
+#: Operation name -> (HTTP path template, widest request model (Preview's), response model).
+#: The request model a version accepts is :func:`request_model`.
 OPERATIONS: dict[str, tuple[str, type[BaseModel], type[BaseModel]]] = {
-    "start": ("/fin/start", StartRequest, FinResponse),
-    "reply": ("/fin/reply", ReplyRequest, FinResponse),
+    "start": ("/fin/start", PreviewStartRequest, FinResponse),
+    "reply": ("/fin/reply", PreviewReplyRequest, FinResponse),
     "ask": ("/fin/ask", AskRequest, FinResponse),
     "escalate": ("/fin/escalate", EscalateRequest, EscalateResponse),
     "csat": ("/fin/csat", CsatRequest, CsatResponse),

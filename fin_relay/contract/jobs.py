@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -30,9 +31,11 @@ from fin_relay.contract.fin_api import (
     MESSAGE_OPERATIONS,
     OPERATIONS,
     IsoTime,
-    dump,
+    VersionPolicy,
+    dump_request,
     format_fin_time,
     parse_fin_time,
+    request_model,
 )
 from fin_relay.contract.names import CALL_TASKS, TASK_OPERATIONS, TASK_QUEUES, Names
 from fin_relay.contract.publish import add_publish
@@ -65,13 +68,18 @@ class JobOptions(BaseModel):
 
 @dataclass(frozen=True)
 class ValidatedJob:
-    """A call job whose arguments matched Fin's request body."""
+    """A call job whose arguments matched Fin's request body for ``version``.
+
+    ``body`` is what goes to Fin: the fields that were set, ``null`` fields left out, and both
+    timestamps of every message that has one (``complete_timestamps``).
+    """
 
     operation: str
     body: dict[str, Any]
     path: str
     options: JobOptions
     request: BaseModel
+    version: str
 
     @property
     def conversation_id(self) -> str | None:
@@ -87,19 +95,39 @@ class ValidatedJob:
         return None
 
 
-def _field_errors(exc: ValidationError, prefix: str = "") -> str:
+def _field_errors(exc: ValidationError, prefix: str = "", version: str | None = None) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{prefix}{loc}: {err['msg']}" if loc else f"{prefix}{err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and version is not None:
+            msg = f"not accepted by Intercom-Version {version}"
+        parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
     return "; ".join(parts)
 
 
-def validate_job(operation: str, kwargs: dict[str, Any]) -> ValidatedJob:
-    """Check a call job's keyword arguments; raise :class:`InvalidJobError` naming the field."""
+DEFAULT_VERSIONS = VersionPolicy()
+
+
+def validate_job(
+    operation: str, kwargs: dict[str, Any], versions: VersionPolicy = DEFAULT_VERSIONS
+) -> ValidatedJob:
+    """Check a call job's keyword arguments against the request body of the ``Intercom-Version``
+    it will be sent with (``versions``); raise :class:`InvalidJobError` naming the field (and the
+    version, for a field that version does not accept)."""
     if operation not in OPERATIONS:
         raise InvalidJobError(f"unknown operation {operation!r}")
-    path_template, request_model, _ = OPERATIONS[operation]
+    path_template = OPERATIONS[operation][0]
+    version = versions.version_for(operation)
+    if version is None:
+        raise InvalidJobError(
+            f"invalid {operation} job: {path_template} exists only in Intercom-Version "
+            f"Preview; FIN_API_VERSION is {versions.default} and "
+            "FIN_RELAY_PREVIEW_OPERATIONS=refuse"
+        )
+    model = request_model(operation, version)
+    if model is None:  # pragma: no cover - every version has every non-Preview-only operation
+        raise InvalidJobError(f"invalid {operation} job: not in Intercom-Version {version}")
     body = dict(kwargs)
     raw_options = body.pop(RELAY_KWARG, None)
     try:
@@ -111,22 +139,32 @@ def validate_job(operation: str, kwargs: dict[str, Any]) -> ValidatedJob:
         procedure_id = body.pop(PROCEDURE_KWARG, None)
         if not isinstance(procedure_id, str | int) or not str(procedure_id):
             raise InvalidJobError("invalid job: procedure_id: Field required")
-        path = path_template.format(procedure_id=procedure_id)
+        path = path_template.format(procedure_id=quote(str(procedure_id), safe=""))
     try:
-        request = request_model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
-        raise InvalidJobError(f"invalid {operation} job: {_field_errors(exc)}") from None
+        raise InvalidJobError(
+            f"invalid {operation} job (Intercom-Version {version}): "
+            f"{_field_errors(exc, version=version)}"
+        ) from None
     return ValidatedJob(
-        operation=operation, body=dump(request), path=path, options=options, request=request
+        operation=operation,
+        body=dump_request(request),
+        path=path,
+        options=options,
+        request=request,
+        version=version,
     )
 
 
-def validate_task(task_name: str, kwargs: dict[str, Any]) -> ValidatedJob:
+def validate_task(
+    task_name: str, kwargs: dict[str, Any], versions: VersionPolicy = DEFAULT_VERSIONS
+) -> ValidatedJob:
     """:func:`validate_job` by Celery task name (``fin.start`` ...)."""
     operation = TASK_OPERATIONS.get(task_name)
     if operation is None:
         raise InvalidJobError(f"unknown task {task_name!r}")
-    return validate_job(operation, kwargs)
+    return validate_job(operation, kwargs, versions)
 
 
 def stamp_timestamp(operation: str, kwargs: dict[str, Any], now: datetime | None = None) -> bool:
