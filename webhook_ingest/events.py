@@ -13,7 +13,7 @@ from typing import Any, TypedDict, cast
 
 import msgspec
 
-from fin_relay.contract.fin_api import KNOWN_EVENTS, parse_fin_time
+from fin_relay.contract.fin_api import parse_fin_time
 
 #: ``message.id`` values longer than this are hashed into the key rather than used verbatim.
 _MAX_ID_CHARS = 200
@@ -183,20 +183,16 @@ def event_bytes(event: Event) -> bytes:
 
 
 def created_at_ms(event: Event) -> int | None:
-    """``created_at_ms`` as epoch milliseconds (Fin sends ISO-8601 despite the name).
-
-    ``None`` when an unknown event has none; :class:`Rejected` (400) when it is missing on a
-    known event or is not a valid timestamp.
-    """
+    """``created_at_ms`` as epoch milliseconds (Fin sends ISO-8601 despite the name), or ``None``
+    when it is missing or not a valid timestamp (on any event, known or not): such an event is
+    still accepted, it only cannot be checked for replay (:func:`check_replay`)."""
     value = event.fields.get("created_at_ms")
-    if value is None and event.name not in KNOWN_EVENTS:
-        return None
     if isinstance(value, str):
         try:
             return fin_time_ms(value)
         except (ValueError, OverflowError):
             pass
-    raise Rejected(400, "invalid_created_at_ms")
+    return None
 
 
 _SECONDS_CACHE: dict[str, int] = {}
@@ -230,7 +226,8 @@ def check_replay(event: Event, *, now_ms: int, ttl_s: int) -> None:
     """Refuse (400 ``event_too_old``) an event older than the de-dup TTL.
 
     The signature carries no timestamp, so a captured request could be replayed once its de-dup
-    mark expired; an event is only accepted while its mark would still exist.
+    mark expired; an event is only accepted while its mark would still exist. An event without a
+    valid ``created_at_ms`` cannot be checked and passes (it is still de-duplicated for the TTL).
     """
     at_ms = created_at_ms(event)
     if at_ms is not None and now_ms - at_ms > ttl_s * 1000:
@@ -244,8 +241,10 @@ def dedup_key(event: Event) -> str:
     otherwise ``evt_`` + SHA-256 (first 32 hex) over the JSON list of the event's own fields:
     ``event_name``, ``conversation_id``, ``status``, ``created_at_ms``, plus ``stream_id`` and
     ``chunk_index`` for ``fin_reply_chunk``, and ``stream_id`` and ``message.timestamp_ms`` for a
-    ``fin_replied`` without id. An unknown event without ``created_at_ms`` hashes its whole body
-    (keys sorted). The key is also the Celery ``event_id`` and the published envelope id.
+    ``fin_replied`` without id. An event without ``created_at_ms`` (missing, ``null`` or not a
+    string: known or unknown) hashes its whole body (keys sorted) instead, so that two different
+    events of one conversation without a time never share a key. The key is also the Celery
+    ``event_id`` and the published envelope id.
     """
     body = event.fields
     message = body.get("message")
@@ -256,7 +255,8 @@ def dedup_key(event: Event) -> str:
             if len(text) <= _MAX_ID_CHARS and text.isprintable():
                 return f"msg_{text}"
             return "msg_" + hashlib.sha256(text.encode()).hexdigest()[:32]
-    if body.get("created_at_ms") is None and event.name not in KNOWN_EVENTS:
+    created = body.get("created_at_ms")
+    if type(created) is not str or not created:
         return "evt_" + _digest(event.body, sort_keys=True)
     fields: list[Any] = [
         event.name,

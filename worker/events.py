@@ -1,26 +1,40 @@
-"""The ``fin.event`` task's work: parse a Fin webhook event, update the conversation state, and
-publish it to ``{ns}:events`` and ``{ns}:conversation:{id}`` — one round trip.
+"""The ``fin.event`` task's work: publish a Fin webhook event to ``{ns}:events`` and
+``{ns}:conversation:{id}``, and update the conversation state when it reports a known status —
+one round trip.
 
 Contract with the ingest (fixed): kwargs ``event`` (the raw Fin JSON object), ``event_id``
 (stable de-dup key; becomes the envelope id, so a redelivery publishes the same id) and
-``received_at_ms``. Unknown event names are published under their own name. A marker
-(``names.job("event:<event_id>")``, 7 days) written in the same transaction as the publish makes
-a redelivered event publish nothing new.
+``received_at_ms``. A marker (``names.job("event:<event_id>")``, 7 days) written in the same
+transaction as the publish makes a redelivered event publish nothing new.
+
+Every authentic event is published, whole and as received (``data`` is the event object), under
+its own ``event_name``: Fin adds event names, status values and fields between versions, and the
+ingest already answered Intercom 2xx, so nothing would resend an event dropped here. Only what
+cannot be an event at all is dead-lettered (reason ``invalid_event``): not a JSON object, or no
+non-empty string ``event_name`` / ``conversation_id``. The conversation state changes only for
+an event that :func:`~fin_relay.contract.fin_api.parse_event` accepts and whose ``status`` is one
+fin-relay knows (:data:`KNOWN_STATUSES`); anything else (an unknown name or status, a field of
+an unexpected type) is published without touching the state and logged once at INFO, naming
+the fields, never their values.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from fin_relay.contract.conversation import STATE_TTL_S
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.fin_api import (
+    KNOWN_EVENTS,
+    FinEvent,
     FinRepliedEvent,
+    FinStatus,
     FinStatusUpdatedEvent,
+    GenericEvent,
     parse_event,
 )
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
@@ -30,6 +44,10 @@ from fin_relay.worker import lua, metrics
 from fin_relay.worker.runtime import Runtime
 
 log = logging.getLogger("fin_relay.worker.events")
+
+#: Every conversation status some API version documents: only these change the state.
+KNOWN_STATUSES: frozenset[str] = frozenset(get_args(FinStatus))
+_MAX_LOGGED = 128  # characters of an event name or field path in a log line
 
 
 def _invalid(rt: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, detail: str) -> None:
@@ -55,37 +73,74 @@ def _invalid(rt: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, de
     log.warning("event=%s conv=%s dead-lettered: %s: %s", event_id, cid or "-", reason, detail)
 
 
+def not_an_event(event: Any) -> str | None:
+    """Why ``event`` cannot be published as an event (the dead letter's error), or ``None``."""
+    if not isinstance(event, dict):
+        return "event is not a JSON object"
+    for field in ("event_name", "conversation_id"):
+        if field not in event:
+            return f"{field} is missing"
+        value = event[field]
+        if not isinstance(value, str) or not value:
+            return f"{field} is not a non-empty string"
+    return None
+
+
+def _unexpected_fields(exc: ValueError) -> str:
+    """``field (error type)`` for each problem of a failed parse: never the values."""
+    if not isinstance(exc, ValidationError):
+        return type(exc).__name__
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(event)"
+        parts.append(f"{where[:_MAX_LOGGED]} ({error['type']})")
+    return ", ".join(dict.fromkeys(parts))
+
+
 def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
     """Process one ``fin.event`` delivery (idempotent: same envelope id on redelivery)."""
     raw, event_id = kwargs.get("event"), kwargs.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         event_id = task_id
-    if not isinstance(raw, dict):
-        _invalid(rt, kwargs, event_id, "invalid_event", "event is not a JSON object")
+    problem = not_an_event(raw)
+    if problem is not None or not isinstance(raw, dict):
+        _invalid(rt, kwargs, event_id, "invalid_event", problem or "event is not a JSON object")
         return
+    name: str = raw["event_name"]
+    conversation_id: str = raw["conversation_id"]
+    event: FinEvent | None
+    unexpected: str | None = None
     try:
         event = parse_event(raw)
-    except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        _invalid(rt, kwargs, event_id, "invalid_event", detail)
-        return
+    except ValueError as exc:  # pydantic's ValidationError: an event of an unexpected shape
+        event, unexpected = None, _unexpected_fields(exc)
+        if name not in KNOWN_EVENTS:
+            unexpected = f"event_name (unknown event), {unexpected}"
     marker = rt.names.job(f"event:{event_id}")
     if rt.redis.exists(marker):  # a redelivery after it was published: publish once
         log.info("event=%s duplicate delivery: already published", event_id)
         return
-    now_ms = int(time.time() * 1000)
-    envelope = Envelope.now(
-        id=event_id, type=event.event_name, conversation_id=event.conversation_id, data=raw
-    )
-    pipe = rt.redis.pipeline(transaction=True)
-    status = None
+    status: str | None = None
     if isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
-        status = event.status
-        rt.sequencer.add_event_state(
-            pipe, event.conversation_id, status, event.created_at_ms, now_ms
+        if event.status in KNOWN_STATUSES:
+            status = event.status
+        else:  # only if the models ever let a status through that fin-relay does not know
+            unexpected = "status (unknown value)"
+    elif isinstance(event, GenericEvent):
+        unexpected = "event_name (unknown event)"
+    if unexpected is not None:
+        log.info(
+            "event=%s name=%s unknown or unexpected fields: %s; published as received, "
+            "conversation state unchanged",
+            event_id,
+            name[:_MAX_LOGGED],
+            unexpected,
         )
+    now_ms = int(time.time() * 1000)
+    envelope = Envelope.now(id=event_id, type=name, conversation_id=conversation_id, data=raw)
+    pipe = rt.redis.pipeline(transaction=True)
+    if status is not None and isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
+        rt.sequencer.add_event_state(pipe, conversation_id, status, event.created_at_ms, now_ms)
     add_publish(
         pipe, rt.names, rt.names.events, envelope, maxlen=rt.settings.fin_relay_stream_maxlen
     )
@@ -97,8 +152,8 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
     log.info(
         "event=%s conv=%s type=%s status=%s lag_ms=%d",
         event_id,
-        event.conversation_id,
-        event.event_name,
+        conversation_id,
+        name[:_MAX_LOGGED],
         status or "-",
         lag,
     )

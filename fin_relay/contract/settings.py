@@ -9,14 +9,14 @@ one line naming the variable.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fin_relay.contract.errors import ConfigurationError
-from fin_relay.contract.fin_api import API_VERSIONS
+from fin_relay.contract.fin_api import API_VERSIONS, VersionPolicy
 
 FIN_REGIONS = (
     "https://api.intercom.io",
@@ -78,12 +78,35 @@ class CommonSettings(BaseSettings):
         return urlsplit(self.broker_url).scheme in ("redis", "rediss", "unix", "sentinel")
 
 
-class WorkerSettings(CommonSettings):
+class FinVersionSettings(CommonSettings):
+    """Which ``Intercom-Version`` jobs are checked against (the producer) and sent with (the
+    worker). Operations that exist only in Preview (ask, escalate, capabilities, procedure_run)
+    carry ``Intercom-Version: Preview`` whatever ``FIN_API_VERSION`` is, unless
+    ``FIN_RELAY_PREVIEW_OPERATIONS=refuse``, which refuses them instead."""
+
+    fin_api_version: str = "2.15"
+    fin_relay_preview_operations: Literal["preview", "refuse"] = "preview"
+
+    @field_validator("fin_api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value not in API_VERSIONS:
+            raise ValueError(
+                f"must be one of {', '.join(API_VERSIONS)} (the Fin Agent API needs >= 2.14)"
+            )
+        return value
+
+    @property
+    def fin_versions(self) -> VersionPolicy:
+        """The version policy the producer checks jobs with and the worker sends them with."""
+        return VersionPolicy(self.fin_api_version, self.fin_relay_preview_operations == "preview")
+
+
+class WorkerSettings(FinVersionSettings):
     """The worker: Fin's API, the quota, retries, timeouts."""
 
     fin_api_token: SecretStr
     fin_api_base_url: str = FIN_REGIONS[0]
-    fin_api_version: str = "2.15"
     fin_rate_limit_per_minute: PositiveInt = 10_000
     fin_relay_connect_timeout_s: PositiveFloat = 5.0
     fin_relay_read_timeout_s: PositiveFloat = 30.0
@@ -112,15 +135,6 @@ class WorkerSettings(CommonSettings):
             raise ValueError("must be an http(s) URL such as https://api.intercom.io")
         return value.rstrip("/")
 
-    @field_validator("fin_api_version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        if value not in API_VERSIONS:
-            raise ValueError(
-                f"must be one of {', '.join(API_VERSIONS)} (the Fin Agent API needs >= 2.14)"
-            )
-        return value
-
     @model_validator(mode="after")
     def _deadlines(self) -> WorkerSettings:
         if self.fin_relay_retry_deadline_s >= FIN_DEDUP_WINDOW_S:
@@ -140,18 +154,41 @@ class WorkerSettings(CommonSettings):
 
 
 class IngestSettings(CommonSettings):
-    """The webhook ingest: secrets, body cap, de-dup TTL."""
+    """The webhook ingest: secrets (and how they become HMAC keys), body cap, de-dup TTL."""
 
     fin_webhook_secrets: SecretStr
     fin_relay_max_body_bytes: PositiveInt = 1024 * 1024
     fin_relay_dedup_ttl_s: PositiveInt = 24 * 3600
     fin_relay_enqueue_timeout_s: PositiveFloat = 2.0
+    # How a signing secret becomes the HMAC key (Intercom's docs do not say): "auto" tries its
+    # UTF-8 bytes and, for an even-length hex secret, its hex-decoded bytes; "utf8"/"hex" pin one.
+    fin_relay_webhook_secret_encoding: Literal["auto", "utf8", "hex"] = "auto"  # noqa: S105
 
     @field_validator("fin_webhook_secrets")
     @classmethod
     def _secrets(cls, value: SecretStr) -> SecretStr:
         if not [s for s in value.get_secret_value().split(",") if s.strip()]:
             raise ValueError("at least one non-empty secret is required")
+        return value
+
+    @field_validator("fin_relay_webhook_secret_encoding", mode="before")
+    @classmethod
+    def _encoding_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("fin_relay_webhook_secret_encoding")
+    @classmethod
+    def _encoding(cls, value: str, info: Any) -> str:
+        secrets = info.data.get("fin_webhook_secrets")  # absent when it failed validation
+        if value == "hex" and isinstance(secrets, SecretStr):
+            entries = [s.strip() for s in secrets.get_secret_value().split(",") if s.strip()]
+            hex_digits = set("0123456789abcdefABCDEF")
+            for position, entry in enumerate(entries, 1):
+                if len(entry) % 2 or not set(entry) <= hex_digits:
+                    raise ValueError(
+                        f"is hex but FIN_WEBHOOK_SECRETS entry {position} of {len(entries)} "
+                        "is not an even-length hex string (use auto or utf8)"
+                    )
         return value
 
     @property
@@ -164,7 +201,7 @@ class IngestSettings(CommonSettings):
         ]
 
 
-class ProducerSettings(CommonSettings):
+class ProducerSettings(FinVersionSettings):
     """The producer: how long an enqueue may take before it fails."""
 
     fin_relay_enqueue_timeout_s: PositiveFloat = 2.0

@@ -248,10 +248,6 @@ def test_rotation_two_secrets_both_accepted(
         (b"[1,2,3]", "not_an_object"),
         (b'{"event_name": 5}', "invalid_event_name"),
         (
-            b'{"event_name":"fin_status_updated","conversation_id":"c","status":"complete"}',
-            "invalid_created_at_ms",
-        ),
-        (
             b'{"event_name":"x","conversation_id":"\\ud800","created_at_ms":"2099-01-01T00:00:00Z"}',
             "invalid_unicode",
         ),
@@ -275,16 +271,108 @@ def test_signed_but_invalid_is_400(
     assert redis_client.llen("fin.events") == 0
 
 
-def test_test_ping_is_200_logged_not_enqueued(
-    ingest_server: IngestServer, http: httpx.Client, redis_client: redis.Redis
+PING = b'{"type":"notification_event","data":{"item":{"type":"ping"}}}'
+
+
+def _signature_headers(kind: str, body: bytes) -> dict[str, str]:
+    headers = webhook_headers(body, None)
+    if kind == "valid":
+        headers[SIGNATURE_HEADER] = sign_body(body)
+    elif kind == "wrong_secret":
+        headers[SIGNATURE_HEADER] = sign_body(body, "not-the-secret")
+    elif kind == "garbage":
+        headers[SIGNATURE_HEADER] = "sha256=zz"
+    return headers
+
+
+@pytest.mark.parametrize("kind", ["valid", "none", "wrong_secret", "garbage", "repeated"])
+@pytest.mark.parametrize("body", [PING, b"{}", b' \n{"conversation_id":"c","data":[1]}'])
+def test_test_request_is_200_whatever_its_signature_logged_not_enqueued(
+    ingest_server: IngestServer,
+    http: httpx.Client,
+    redis_client: redis.Redis,
+    kind: str,
+    body: bytes,
 ) -> None:
-    body = b'{"type":"notification_event","data":{"item":{"type":"ping"}}}'
-    response = post(http, ingest_server, body)
+    """The callback-URL settings page sends a JSON object without ``event_name``; integrators
+    report it must be answered 200, and it may come unsigned or signed otherwise."""
+    headers: Any = _signature_headers(kind, body)
+    if kind == "repeated":  # the valid header twice counts as unsigned
+        headers = [*headers.items(), *[(SIGNATURE_HEADER, sign_body(body))] * 2]
+    response = http.post(ingest_server.webhook_url, content=body, headers=headers)
     assert response.status_code == 200
     assert response.json() == {"status": "ignored"}
     assert redis_client.llen("fin.events") == 0
-    assert _wait_for_access(ingest_server, lambda line: line["dedup"] == "ping")
-    assert "test ping" in ingest_server.log_text()
+    assert not redis_client.keys("fin:dedup:*")
+    [line] = _wait_for_access(ingest_server, lambda line: line["dedup"] == "ping")
+    assert line["status"] == 200 and line["error"] is None
+    assert "test request" in ingest_server.log_text()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_name":"fin_status_updated","conversation_id":"c"}',
+        b'{"event_name":5}',  # signed, this would be 400: unsigned it is not looked at further
+        b"[1,2]",
+        b"{not json",
+        b'"text"',
+        b"",
+        b'{"conversation_id":"c"} trailing',
+        b'{"a":' + b"[" * 600 + b"]" * 600 + b"}",  # too deep to be a test request
+    ],
+)
+def test_unsigned_anything_but_a_test_request_is_401(
+    ingest_server: IngestServer, http: httpx.Client, redis_client: redis.Redis, body: bytes
+) -> None:
+    for kind in ("none", "wrong_secret", "garbage"):
+        response = http.post(
+            ingest_server.webhook_url, content=body, headers=_signature_headers(kind, body)
+        )
+        assert response.status_code == 401, kind
+        assert response.json() == {"error": "invalid_signature"}
+    assert redis_client.llen("fin.events") == 0
+
+
+def test_signature_without_the_prefix_is_accepted(
+    ingest_server: IngestServer, http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    body = status_body("c-bare")
+    bare = sign_body(body).removeprefix("sha256=")
+    headers = {**webhook_headers(body, None), SIGNATURE_HEADER: bare}
+    assert http.post(ingest_server.webhook_url, content=body, headers=headers).status_code == 202
+    headers[SIGNATURE_HEADER] = bare[:-1] + ("0" if bare[-1] != "0" else "1")
+    assert http.post(ingest_server.webhook_url, content=body, headers=headers).status_code == 401
+    assert redis_client.llen("fin.events") == 1
+
+
+@pytest.mark.parametrize(
+    "created_at_ms", [None, "yesterday", 1737712800123, "2025-13-01T00:00:00Z", "absent"]
+)
+def test_known_event_without_a_valid_created_at_ms_is_accepted(
+    ingest_server: IngestServer,
+    http: httpx.Client,
+    redis_client: redis.Redis,
+    created_at_ms: Any,
+) -> None:
+    """No replay check is possible for it; it is still de-duplicated."""
+    event: dict[str, Any] = {
+        "event_name": "fin_status_updated",
+        "conversation_id": "c-no-time",
+        "user_id": "u1",
+        "status": "complete",
+    }
+    if created_at_ms != "absent":
+        event["created_at_ms"] = created_at_ms
+    body = json.dumps(event).encode()
+    response = post(http, ingest_server, body)
+    assert (response.status_code, response.json()) == (202, {"status": "accepted"})
+    reordered = json.dumps(dict(reversed(list(event.items()))), indent=1).encode()
+    assert post(http, ingest_server, reordered).status_code == 200  # the same event
+    other = json.dumps({**event, "status": "escalated"}).encode()
+    assert post(http, ingest_server, other).status_code == 202  # a different one
+    first, second = queued_events(redis_client)
+    assert first["event"] == event and first["event_id"] != second["event_id"]
 
 
 def test_unknown_event_is_accepted_with_its_name(

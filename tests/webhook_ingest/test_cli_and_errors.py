@@ -49,6 +49,23 @@ def test_refuses_blank_secrets() -> None:
     assert "FIN_WEBHOOK_SECRETS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_refuses_hex_encoding_with_a_secret_that_is_not_hex() -> None:
+    result = run_cli(
+        {
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "FIN_WEBHOOK_SECRETS": "0a1b2c3d,plain-text-secret",
+            "FIN_RELAY_WEBHOOK_SECRET_ENCODING": "hex",
+        }
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "fin-relay ingest: configuration error: FIN_RELAY_WEBHOOK_SECRET_ENCODING "
+    )
+    assert "entry 2 of 2" in line
+    assert "plain-text-secret" not in line and "0a1b2c3d" not in line
+
+
 def event_body() -> bytes:
     return json.dumps(
         {
