@@ -137,9 +137,15 @@ class Coalescer:
 
     def _settle(self, item: _Item, replies: list[Any]) -> None:
         try:
-            if any(isinstance(r, NoScriptError) for r in replies):
-                lua.load_all(self._client)  # Redis lost the scripts: reload, run this stack again
-                replies = self._round_trip(item.commands)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                # Redis lost the scripts: reload, run again only the commands that failed
+                # (every other one ran: running the stack again would publish twice).
+                lua.load_all(self._client)
+                again = self._round_trip([item.commands[i] for i in missing])
+                replies = list(replies)
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
             error = next((r for r in replies if isinstance(r, Exception)), None)
             if error is not None:
                 raise error

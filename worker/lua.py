@@ -2,9 +2,10 @@
 
 redis-py's ``Script`` objects, when queued on a pipeline, make ``execute()`` send a
 ``SCRIPT EXISTS`` first — one more round trip per job. Here scripts are queued as plain
-``EVALSHA`` and loaded once; if Redis lost them (restart, ``SCRIPT FLUSH``) the pipeline is
-reloaded and run again. A re-run may publish an envelope a second time with the same id, which
-consumers de-duplicate by id anyway.
+``EVALSHA`` and loaded once. If Redis lost them (restart, ``SCRIPT FLUSH``), every other
+command of the pipeline has run (inside ``MULTI``/``EXEC`` too: ``NOSCRIPT`` is an error of that
+one command at ``EXEC``, not an abort), so only the ``EVALSHA`` commands that failed are run
+again, in their order, once the scripts are loaded: nothing is published twice.
 """
 
 from __future__ import annotations
@@ -39,14 +40,21 @@ def load_all(client: redis.Redis) -> None:
 
 
 def execute(client: redis.Redis, pipe: Any) -> list[Any]:
-    """``pipe.execute()``, reloading the scripts and re-running once after a NOSCRIPT error."""
+    """``pipe.execute()``; after a ``NOSCRIPT``, loads the scripts and runs again only the
+    commands that failed with it (the rest ran and must not run twice). Any other error is
+    raised as ``execute()`` would raise it."""
     stack = list(pipe.command_stack)
-    transaction = bool(getattr(pipe, "transaction", False))
-    try:
-        return list(pipe.execute())
-    except NoScriptError:
+    results = list(pipe.execute(raise_on_error=False))
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
         load_all(client)
-        again = client.pipeline(transaction=transaction)
-        for args, options in stack:
+        again = client.pipeline(transaction=False)
+        for i in missing:
+            args, options = stack[i]
             again.pipeline_execute_command(*args, **options)
-        return list(again.execute())
+        for i, result in zip(missing, again.execute(raise_on_error=False), strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results

@@ -59,6 +59,50 @@ def test_lost_scripts_are_reloaded_and_the_stack_rerun(redis_client: redis.Redis
     assert redis_client.get("k") == "1"
 
 
+def test_lost_scripts_rerun_only_the_script_not_the_rest_of_the_stack(
+    redis_client: redis.Redis,
+) -> None:
+    """After SCRIPT FLUSH the other commands of the stack already ran: a whole re-run would
+    XADD (publish) a second time."""
+    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    batch = Coalescer(redis_client)
+    redis_client.script_flush()
+    stack = [
+        (("XADD", "results", "*", "id", "e1"), {}),
+        (("EVALSHA", script.sha, 1, "k"), {}),
+        (("INCR", "after"), {}),
+    ]
+    replies = batch.execute(stack)
+    assert replies[1:] == [1, 1]
+    assert redis_client.xlen("results") == 1
+    assert redis_client.get("k") == "1" and redis_client.get("after") == "1"
+
+
+def test_lua_execute_reruns_only_failed_scripts_inside_multi(redis_client: redis.Redis) -> None:
+    """``MULTI``/``EXEC`` with a lost script: Redis runs every other command (NOSCRIPT is that
+    command's error at EXEC), so only the script runs again: one XADD, one marker."""
+    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    redis_client.script_flush()
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.xadd("events", {"id": "e1"})
+    lua.queue(pipe, script, ["state"], [])
+    pipe.set("marker", "1")
+    results = lua.execute(redis_client, pipe)
+    assert results[1:] == [1, True]
+    assert redis_client.xlen("events") == 1
+    assert redis_client.get("state") == "1" and redis_client.get("marker") == "1"
+
+
+def test_lua_execute_raises_other_errors(redis_client: redis.Redis) -> None:
+    redis_client.set("s", "text")
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.incr("s")
+    pipe.set("after", "1")
+    with pytest.raises(redis.ResponseError):
+        lua.execute(redis_client, pipe)
+    assert redis_client.get("after") == "1"
+
+
 def test_a_connection_error_reaches_the_caller() -> None:
     client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with pytest.raises(redis.ConnectionError):
