@@ -7,11 +7,13 @@ pipeline (flat combining): the first thread to arrive while no round trip is in 
 becomes the leader, sends everything queued, hands each thread its own slice of the replies,
 and serves what queued up meanwhile (at most ``max_rounds`` times, then hands over).
 
-Semantics per stack are those of a non-transactional pipeline: its commands run in order and
-contiguously (Redis runs one connection's commands in order), so "the outcome field is written
-last" still holds. A command error (e.g. NOSCRIPT) concerns only its own stack; a connection
-error fails every stack of that round trip, which the task handles as "Redis is down" (the job
-is kept).
+Semantics per stack are those of a pipeline: its commands run in order and contiguously (Redis
+runs one connection's commands in order); a stack given as a transaction
+(``execute(..., transaction=True)``, or a ``pipeline(transaction=True)``) is sent wrapped in
+``MULTI``/``EXEC``, so all of it is applied and persisted or none of it (a job's outcome and
+its published envelope commit together). A command error (e.g. NOSCRIPT) concerns only its own
+stack; a connection error fails every stack of that round trip, which the task handles as
+"Redis is down" (the job is kept).
 """
 
 from __future__ import annotations
@@ -27,15 +29,30 @@ from fin_relay.worker import lua
 Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-class _Item:
-    __slots__ = ("commands", "done", "error", "lead", "results")
+#: Options marking a command whose reply is read raw (MULTI, a queued command, EXEC).
+_RAW: dict[str, Any] = {}
 
-    def __init__(self, commands: list[Command]) -> None:
+
+class _Item:
+    __slots__ = ("commands", "done", "error", "lead", "results", "transaction")
+
+    def __init__(self, commands: list[Command], transaction: bool = False) -> None:
         self.commands = commands
+        self.transaction = transaction
         self.done = threading.Event()
         self.lead = False
         self.results: list[Any] | None = None
         self.error: BaseException | None = None
+
+    def wire(self) -> list[Command]:
+        """The commands as sent: wrapped in MULTI/EXEC for a transaction."""
+        if not self.transaction:
+            return self.commands
+        return [
+            (("MULTI",), _RAW),
+            *[(args, _RAW) for args, _ in self.commands],
+            (("EXEC",), _RAW),
+        ]
 
 
 class Coalescer:
@@ -53,11 +70,14 @@ class Coalescer:
         self._conn: Any = None
 
     def execute_pipeline(self, pipe: Any) -> list[Any]:
-        """Run a pipeline's queued commands (``pipe`` itself is not executed)."""
-        return self.execute(list(pipe.command_stack))
+        """Run a pipeline's queued commands (``pipe`` itself is not executed), as a
+        ``MULTI``/``EXEC`` transaction when the pipeline is one."""
+        return self.execute(
+            list(pipe.command_stack), transaction=bool(getattr(pipe, "transaction", False))
+        )
 
-    def execute(self, commands: list[Command]) -> list[Any]:
-        item = _Item(commands)
+    def execute(self, commands: list[Command], transaction: bool = False) -> list[Any]:
+        item = _Item(commands, transaction)
         with self._lock:
             self._pending.append(item)
             lead = not self._busy
@@ -112,7 +132,10 @@ class Coalescer:
             replies: list[Any] = []
             for args, options in commands:
                 try:
-                    replies.append(client.parse_response(conn, args[0], **options))
+                    if options is _RAW:
+                        replies.append(client.parse_response(conn, "_"))
+                    else:
+                        replies.append(client.parse_response(conn, args[0], **options))
                 except redis.ResponseError as exc:
                     replies.append(exc)
             return replies
@@ -123,7 +146,7 @@ class Coalescer:
 
     def _run(self, batch: list[_Item]) -> None:
         try:
-            replies = self._round_trip([c for item in batch for c in item.commands])
+            replies = self._round_trip([c for item in batch for c in item.wire()])
         except BaseException as exc:  # connection errors: every stack of this round trip
             for item in batch:
                 item.error = exc
@@ -131,12 +154,34 @@ class Coalescer:
             return
         at = 0
         for item in batch:
-            mine = replies[at : at + len(item.commands)]
-            at += len(item.commands)
+            size = len(item.commands) + (2 if item.transaction else 0)
+            mine = replies[at : at + size]
+            at += size
             self._settle(item, mine)
+
+    def _unwrap(self, item: _Item, replies: list[Any]) -> list[Any]:
+        """The replies of a transaction's commands, from MULTI, QUEUED ..., EXEC (as
+        redis-py's transaction pipeline reads them: callbacks applied after EXEC)."""
+        executed = replies[-1]
+        if isinstance(executed, Exception) or not isinstance(executed, list):
+            queued = next((r for r in replies[:-1] if isinstance(r, Exception)), None)
+            raise queued or (
+                executed
+                if isinstance(executed, Exception)
+                else redis.ResponseError("transaction aborted")
+            )
+        callbacks = cast(Any, self._client).response_callbacks
+        out: list[Any] = []
+        for (args, options), raw in zip(item.commands, executed, strict=True):
+            callback = callbacks.get(args[0]) if not isinstance(raw, Exception) else None
+            extra = {k: v for k, v in options.items() if k != "keys"}
+            out.append(callback(raw, **extra) if callback is not None else raw)
+        return out
 
     def _settle(self, item: _Item, replies: list[Any]) -> None:
         try:
+            if item.transaction:
+                replies = self._unwrap(item, replies)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 # Redis lost the scripts: reload, run again only the commands that failed

@@ -132,7 +132,9 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
         data=_result_data(ctx, outcome),
     )
     job_key = names.job(ctx.job_id)
-    pipe = rt.redis.pipeline(transaction=False)
+    # One MULTI/EXEC: the outcome (the marker a redelivery checks) and the published envelope
+    # commit together, also across a Redis crash (AOF writes a transaction whole).
+    pipe = rt.redis.pipeline(transaction=True)
     add_publish(pipe, names, names.results, envelope, maxlen=maxlen)
     if outcome.kind == "failed":
         dead_letter(
@@ -158,8 +160,8 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
     rt.limiter.add_observe(pipe, outcome.rate, outcome.slot)
     if outcome.slot is not None and outcome.slot.probe and outcome.kind == "succeeded":
         rt.limiter.add_auth_ok(pipe)
-    # Last: Redis runs a pipeline's commands in order, so a recorded outcome means everything
-    # above ran (a redelivered job with an outcome is acknowledged without a second call).
+    # Last (and in the same transaction): a recorded outcome means everything above ran (a
+    # redelivered job with an outcome is acknowledged without a second call).
     pipe.hset(
         job_key,
         mapping={"outcome": outcome.kind, "finished_ms": _now_ms(), "attempts": ctx.attempts},

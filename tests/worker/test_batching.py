@@ -121,3 +121,53 @@ def test_a_connection_closed_by_redis_is_retried_on_a_fresh_socket(redis_url: st
     assert batch.execute([(("INCR", "k"), {}), (("GET", "k"), {})]) == [2, "2"]
     client.close()
     admin.close()
+
+
+def test_a_transaction_stack_is_applied_whole_with_replies_like_a_pipeline(
+    redis_client: redis.Redis,
+) -> None:
+    """A transaction stack is sent as MULTI/EXEC: its replies are what a transaction pipeline
+    returns, and it shares the round trip with plain stacks."""
+    batch = Coalescer(redis_client)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.xadd("results", {"id": "e1"})
+    pipe.hset("job", mapping={"outcome": "succeeded"})
+    pipe.publish("chan", "x")
+    replies = batch.execute_pipeline(pipe)
+    expected = redis_client.pipeline(transaction=True)
+    expected.xadd("results", {"id": "e2"})
+    expected.hset("job2", mapping={"outcome": "succeeded"})
+    expected.publish("chan", "x")
+    reference = expected.execute()
+    assert [type(r) for r in replies] == [type(r) for r in reference]
+    assert replies[1:] == reference[1:] == [1, 0]
+    assert redis_client.xlen("results") == 2
+
+
+def test_a_transaction_stack_is_all_or_nothing(redis_client: redis.Redis) -> None:
+    """A command refused when queued (wrong arity) aborts the whole transaction: nothing of it
+    is applied, unlike a plain stack, where the commands before it ran."""
+    batch = Coalescer(redis_client)
+    stack = [
+        (("XADD", "results", "*", "id", "e1"), {}),
+        (("HSET", "job"), {}),  # wrong number of arguments: refused at queue time
+        (("HSET", "job", "outcome", "succeeded"), {}),
+    ]
+    with pytest.raises(redis.ResponseError):
+        batch.execute(stack, transaction=True)
+    assert redis_client.xlen("results") == 0 and not redis_client.exists("job")
+    # the held connection is still usable for the next stacks
+    assert batch.execute([(("INCR", "n"), {})], transaction=True) == [1]
+
+
+def test_lost_scripts_in_a_transaction_rerun_only_the_script(redis_client: redis.Redis) -> None:
+    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    batch = Coalescer(redis_client)
+    redis_client.script_flush()
+    stack = [
+        (("XADD", "results", "*", "id", "e1"), {}),
+        (("EVALSHA", script.sha, 1, "k"), {}),
+        (("HSET", "job", "outcome", "succeeded"), {}),
+    ]
+    assert batch.execute(stack, transaction=True)[1:] == [1, 1]
+    assert redis_client.xlen("results") == 1 and redis_client.get("k") == "1"
