@@ -4,7 +4,8 @@ Starts an embedded Redis (or uses ``--redis-url``), the Fin simulator (callback 
 ingest, a generated secret shared by both; or a real Fin with ``--fin-base-url``/``--fin-token``),
 the webhook ingest and a worker as child processes; runs a demo conversation
 (start -> Fin replies -> user replies -> resolved -> CSAT) and prints each call and event with
-its timing; then keeps running until Ctrl-C, which stops every child cleanly.
+its timing; prints the settings and the commands to use it from another terminal; then keeps
+running until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), each of which stops every child.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,53 @@ from fin_relay.embedded_redis import EmbeddedRedis, free_port, port_is_free
 from fin_relay.producer import Producer
 
 DEMO_USER = {"id": "demo-user-1", "name": "Ada Lovelace", "email": "ada@example.com"}
+
+#: Ctrl-C, ``kill``/a supervisor, and the terminal closing: each one stops everything.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """Turns :data:`STOP_SIGNALS` into ``KeyboardInterrupt`` in the main thread.
+
+    Inside :meth:`deferred` (a child being started) the interrupt waits until the child is
+    recorded, so it is stopped with the others; after :meth:`shield` (the stop has begun) further
+    signals are only noted, so a second Ctrl-C or a hang-up cannot cut the cleanup short.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._deferring = 0
+        self._interrupted = False  # one KeyboardInterrupt per run: later signals are noted only
+        self._shielded = False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self._deferring or self._shielded or self._interrupted:
+            return
+        self._interrupted = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Signals arriving inside interrupt only at its end."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if self.received is not None:
+            self._interrupt()
+
+    def shield(self) -> None:
+        """From now on signals are noted only (the stop has begun)."""
+        self._shielded = True
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
@@ -57,24 +106,30 @@ class DevStack:
     """The processes of one ``fin-relay dev`` run; :meth:`stop` ends them all."""
 
     log_dir: Path
+    signals: StopSignals = field(default_factory=StopSignals)
     children: list[Child] = field(default_factory=list)
     redis_server: EmbeddedRedis | None = None
 
+    def start_redis(self) -> EmbeddedRedis:
+        """The embedded Redis, recorded before it starts (a stop during its start ends it)."""
+        with self.signals.deferred():
+            self.redis_server = EmbeddedRedis(appendonly=False)
+            return self.redis_server.start()
+
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         log_path = self.log_dir / f"{name}.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - no threads exist in the parent yet
-        )
-        log.close()
-        child = Child(name, proc, log_path)
-        self.children.append(child)
+        with self.signals.deferred(), log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - no threads exist in the parent yet
+            )
+            child = Child(name, proc, log_path)
+            self.children.append(child)
         return child
 
     def check_alive(self) -> None:
@@ -155,18 +210,45 @@ def _env(base: dict[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
-def start_stack(args: argparse.Namespace, out: Any) -> tuple[DevStack, dict[str, str]]:
-    log_dir = Path(args.log_dir).resolve()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stack = DevStack(log_dir=log_dir)
+@dataclass(frozen=True)
+class DevSettings:
+    """What a running ``fin-relay dev`` is: enough for processes of the user's own to join it."""
+
+    redis_url: str
+    namespace: str
+    fin_base_url: str
+    callback_url: str
+    webhook_secret: str
+    simulator_token: str | None  # None: a real Fin (the user's token is never printed)
+
+    def producer_env(self) -> dict[str, str]:
+        """What ``fin-relay enqueue|watch|conversation|dead`` and a producer need."""
+        return {"REDIS_URL": self.redis_url, "FIN_RELAY_NAMESPACE": self.namespace}
+
+    def worker_env(self) -> dict[str, str] | None:
+        """What another worker needs (None with a real Fin: its token is not ours to print)."""
+        if self.simulator_token is None:
+            return None
+        return {
+            **self.producer_env(),
+            "FIN_API_BASE_URL": self.fin_base_url,
+            "FIN_API_TOKEN": self.simulator_token,
+        }
+
+
+def start_stack(args: argparse.Namespace, out: Any, stack: DevStack) -> DevSettings:
+    """Start Redis (unless ``--redis-url``), the simulator (unless ``--fin-base-url``), the ingest
+    and a worker as children recorded in ``stack``; return once the ingest answers."""
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = stack.log_dir
     t0 = time.monotonic()
     if args.redis_url:
         redis_url = args.redis_url
         out(f"  redis      {redis_url} (yours)")
     else:
-        stack.redis_server = EmbeddedRedis(appendonly=False).start()
-        redis_url = stack.redis_server.url
-        out(f"  redis      {redis_url} (embedded, {stack.redis_server.origin})")
+        server = stack.start_redis()
+        redis_url = server.url
+        out(f"  redis      {redis_url} (embedded, {server.origin})")
     py = [sys.executable, "-m", "fin_relay.cli"]
     secret = secrets.token_hex(16)
     ingest_port = pick_port(args.ingest_port, "ingest", out)
@@ -184,26 +266,12 @@ def start_stack(args: argparse.Namespace, out: Any) -> tuple[DevStack, dict[str,
         token = "dev-" + secrets.token_hex(8)
         sim_port = pick_port(args.simulator_port, "simulator", out)
         base_url = f"http://127.0.0.1:{sim_port}"
-        sim = stack.spawn(
-            "simulator",
-            [
-                *py,
-                "simulator",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(sim_port),
-                "--token",
-                token,
-                "--secret",
-                secret,
-                "--callback-url",
-                callback,
-                "--reply-delay-ms",
-                str(args.reply_delay_ms),
-            ],
-            _env(dict(os.environ)),
-        )
+        sim_argv = [
+            *py, "simulator", "--host", "127.0.0.1", "--port", str(sim_port), "--token", token,
+            "--secret", secret, "--callback-url", callback,
+            "--reply-delay-ms", str(args.reply_delay_ms),
+        ]  # fmt: skip
+        sim = stack.spawn("simulator", sim_argv, _env(dict(os.environ)))
         wait_http(f"{base_url}/_sim/requests", sim, stack)
         out(f"  simulator  {base_url} (Fin Agent API simulator)")
     env = _env(
@@ -223,7 +291,14 @@ def start_stack(args: argparse.Namespace, out: Any) -> tuple[DevStack, dict[str,
     out(f"  ingest     {callback}")
     out(f"  worker     pid {worker.proc.pid} (logs in {log_dir})")
     out(f"  ready in {time.monotonic() - t0:.1f}s")
-    return stack, {"REDIS_URL": redis_url, "FIN_RELAY_NAMESPACE": args.namespace}
+    return DevSettings(
+        redis_url=redis_url,
+        namespace=args.namespace,
+        fin_base_url=base_url,
+        callback_url=callback,
+        webhook_secret=secret,
+        simulator_token=None if args.fin_base_url else token,
+    )
 
 
 # --- the demo --------------------------------------------------------------------------------
@@ -327,48 +402,119 @@ def run_demo(
     return False
 
 
-def run(args: argparse.Namespace) -> int:
+# --- how to use it from another terminal ----------------------------------------------------
+
+
+def fin_relay_command() -> list[str]:
+    """This installation's ``fin-relay`` by absolute path, so a printed command also works in a
+    terminal where its virtualenv is not activated: the script that is running, else the one
+    next to the interpreter, else ``python -m fin_relay.cli``."""
+    running = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if running is not None and running.name == "fin-relay" and running.is_file():
+        return [str(running.absolute())]
+    beside = Path(sys.executable).absolute().with_name("fin-relay")
+    if beside.is_file():
+        return [str(beside)]
+    return [str(Path(sys.executable).absolute()), "-m", "fin_relay.cli"]
+
+
+def shell_command(env: dict[str, str], *args: str) -> str:
+    """``env K=V ... /abs/fin-relay ARGS``, quoted: pastes into any POSIX shell (and fish)."""
+    return shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *fin_relay_command(), *args])
+
+
+def usage(settings: DevSettings, conversation_id: str) -> list[str]:
+    """The lines printed once everything runs: the settings, then commands that paste as is."""
+    lines = [
+        "",
+        "fin-relay is running. Its settings, for processes of your own:",
+        f"  REDIS_URL={settings.redis_url}",
+        f"  FIN_RELAY_NAMESPACE={settings.namespace}",
+    ]
+    if settings.simulator_token is not None:
+        lines += [
+            f"  FIN_API_BASE_URL={settings.fin_base_url}  (the simulator; its token and the "
+            "webhook secret are local test credentials)",
+            f"  FIN_API_TOKEN={settings.simulator_token}",
+        ]
+    else:
+        lines.append(f"  FIN_API_BASE_URL={settings.fin_base_url}  (FIN_API_TOKEN: yours)")
+    lines += [
+        f"  FIN_WEBHOOK_SECRETS={settings.webhook_secret}",
+        f"  webhooks: POST {settings.callback_url} with the header "
+        "X-Fin-Agent-API-Webhook-Signature: sha256=<hex HMAC-SHA256 of the body, keyed by the "
+        "secret>",
+        "From another terminal (each command pastes as is):",
+    ]
+    env = settings.producer_env()
+    conversation = ["--conversation-id", conversation_id, "--user-id", "u1"]
+    lines += [
+        "  watch events and results live:",
+        "    " + shell_command(env, "watch"),
+        "  start a conversation and wait for its outcome:",
+        "    "
+        + shell_command(
+            env, "enqueue", "start", *conversation, "--message", "I need help", "--wait"
+        ),
+        "  then reply in it:",
+        "    "
+        + shell_command(
+            env, "enqueue", "reply", *conversation, "--message", "Thanks, that solved it!", "--wait"
+        ),
+    ]
+    worker_env = settings.worker_env()
+    if worker_env is not None:
+        lines += ["  one more worker:", "    " + shell_command(worker_env, "worker")]
+    lines.append("Ctrl-C stops everything.")
+    return lines
+
+
+def _printer() -> Callable[[str], None]:
+    """``print`` that survives the terminal going away (a hang-up): output is then dropped, so
+    stopping the children is never cut short by an ``EIO``."""
+
     def out(text: str) -> None:
-        print(text, flush=True)
+        try:
+            print(text, flush=True)
+        except OSError:
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.dup2(devnull, sys.stderr.fileno())
+                os.close(devnull)
 
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    out = _printer()
     out("fin-relay dev: starting")
-    stop_requested = False
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C must work even when started with SIGINT ignored (e.g. as a background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    stack: DevStack | None = None
+    stack = DevStack(log_dir=Path(args.log_dir).resolve())
+    # Ctrl-C must work even when started with SIGINT ignored (e.g. as a background job), and
+    # closing the terminal (SIGHUP) must not leave the embedded redis-server running.
+    stack.signals.install()
     try:
-        stack, env = start_stack(args, out)
+        settings = start_stack(args, out, stack)
         names = Names(args.namespace)
-        client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         ok = True
         if not args.no_demo:
-            settings = load(
+            producer_settings = load(
                 ProducerSettings,
-                redis_url=env["REDIS_URL"],
+                redis_url=settings.redis_url,
                 fin_broker_url=None,
                 fin_relay_namespace=args.namespace,
             )
-            with Producer(settings) as producer:
+            with Producer(producer_settings) as producer:
                 ok = run_demo(client, producer, names, out)
-        exports = " ".join(f"{k}={v}" for k, v in env.items())
-        out("\nfin-relay is running. From another terminal:")
-        out(f"  {exports} fin-relay watch")
-        out(
-            f"  {exports} fin-relay enqueue start --conversation-id c1 --user-id u1 "
-            "--message 'I need help'"
-        )
-        out("Ctrl-C stops everything.")
+        client.close()
+        for line in usage(settings, f"try-{uuid.uuid4().hex[:8]}"):
+            out(line)
         if args.exit_after_demo:
             return 0 if ok else 1
-        while not stop_requested:
+        while True:
             stack.check_alive()
             time.sleep(0.5)
-        return 0
     except KeyboardInterrupt:
         out("\nstopping…")
         return 0
@@ -376,6 +522,6 @@ def run(args: argparse.Namespace) -> int:
         out(f"fin-relay dev: {exc}")
         return 1
     finally:
-        if stack is not None:
-            stack.stop()
-            out("all processes stopped")
+        stack.signals.shield()
+        stack.stop()
+        out("all processes stopped")

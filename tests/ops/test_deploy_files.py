@@ -1,4 +1,5 @@
-"""docker-compose.yml and Procfile: parsed, and every service's command line actually run.
+"""docker-compose.yml, Procfile, requirements.txt, Dockerfile and .dockerignore: parsed, and
+every service's command line actually run.
 
 No Docker engine runs on these machines (and ``docker compose config`` is not installed), so the
 compose file is checked by parsing it and running each service's command with the environment
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +205,207 @@ def test_procfile_commands_run(redis_url: str, spawn: Any) -> None:
     )
     worker = spawn(["sh", "-c", f"exec {procfile['worker']}"], env)
     _wait(_worker_ready(redis_url, worker.pid), worker, "Procfile worker", 60)
+
+
+# --- .dockerignore and the Dockerfile's COPY lines ------------------------------------------
+
+
+def _dockerignore() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker reads it: from the context root, ``*`` and ``?`` within
+    one path element, ``**`` across any number of them."""
+    pattern = os.path.normpath(pattern.strip("/"))
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def _excluded(path: str, patterns: list[str]) -> bool:
+    """Is ``path`` (relative to the context root) left out of the build context? A path whose
+    folder is excluded is excluded; the last matching pattern wins (``!`` re-includes)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    result = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        regex = _pattern_regex(raw.removeprefix("!"))
+        if any(regex.fullmatch(c) for c in candidates):
+            result = not negate
+    return result
+
+
+def _build_context(patterns: list[str]) -> list[str]:
+    """Every file and symlink of the checkout that ``docker build .`` would send."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        rel_root = os.path.relpath(root, REPO)
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))]:
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if not _excluded(rel, patterns):
+                found.append(rel)
+        dirs[:] = [
+            d
+            for d in dirs
+            if not os.path.islink(os.path.join(root, d))
+            and not _excluded(os.path.normpath(os.path.join(rel_root, d)), patterns)
+        ]
+    return found
+
+
+def _dockerfile_copies() -> list[tuple[list[str], str]]:
+    copies = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "COPY":
+            assert not any(w.startswith("--") for w in words[1:]), line  # plain COPY only
+            copies.append((words[1:-1], words[-1]))
+    return copies
+
+
+def _is_cache(path: str) -> bool:
+    return "__pycache__" in path.split("/") or path.endswith(".pyc") or ".egg-info" in path
+
+
+def test_dockerignore_keeps_caches_venvs_and_secrets_out() -> None:
+    patterns = _dockerignore()
+    required = [".git", ".venv", "__pycache__", "*.pyc", ".fin-relay/", ".hypothesis/",
+                ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", "build/", "dist/",
+                "*.egg-info"]  # fmt: skip
+    assert set(required) <= set(patterns), set(required) - set(patterns)
+    for path in (".git/HEAD", ".venv/bin/python", ".env", ".fin-relay/logs/worker.log",
+                 "fin_relay/__pycache__/cli.cpython-311.pyc", "worker/__pycache__/tasks.pyc",
+                 "tests/ops/__pycache__/x.pyc", "fin_relay.egg-info/PKG-INFO", ".mypy_cache/x",
+                 ".hypothesis/examples/x", "build/lib/x.py", "dist/fin_relay-0.1.0.whl"):  # fmt: skip
+        assert _excluded(path, patterns), path
+    for path in ("pyproject.toml", "README.md", "constraints.txt", "fin_relay/cli.py",
+                 "worker/tasks.py", "producer/enqueue.lua", "simulator/schemas"):  # fmt: skip
+        assert not _excluded(path, patterns), path
+
+
+def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
+    """Apply the Dockerfile's COPY lines to the build context .dockerignore leaves: every file
+    the checkout has under those sources (caches aside) is in the image, symlinks resolve."""
+    context = set(_build_context(_dockerignore()))
+    image = tmp_path / "app"
+    image.mkdir()
+    copied_sources: list[str] = []
+    for sources, dest in _dockerfile_copies():
+        for source in sources:
+            source = os.path.normpath(source)
+            inside = [p for p in context if p == source or p.startswith(source + "/")]
+            assert inside, f"COPY {source}: not in the build context"
+            copied_sources.append(source)
+            for rel in inside:
+                if dest.endswith("/"):
+                    target = image / dest.removeprefix("./") / rel
+                else:
+                    target = image / dest.removeprefix("./") / os.path.relpath(rel, source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                origin = REPO / rel
+                if origin.is_symlink():
+                    target.symlink_to(os.readlink(origin))
+                else:
+                    shutil.copyfile(origin, target)
+    for source in copied_sources:  # nothing the checkout has there was left out
+        origin = REPO / source
+        if origin.is_file():
+            continue
+        for root, _dirs, files in os.walk(origin):
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), REPO)
+                if not _is_cache(rel):
+                    assert rel in context, f"{rel} is excluded from the build context"
+    for name in ("worker", "producer", "webhook_ingest", "simulator", "bench"):
+        link = image / "fin_relay" / name
+        assert link.is_symlink() and (link / "__init__.py").is_file(), f"{link} is dangling"
+    assert (image / "pyproject.toml").is_file() and (image / "README.md").is_file()
+    assert list((image / "worker").glob("*.lua")) and list((image / "simulator/schemas").iterdir())
+    assert not [p for p in image.rglob("*") if _is_cache(str(p.relative_to(image)))]
+
+
+# --- requirements.txt for Python buildpacks (Procfile) -------------------------------------
+
+
+def _requirements() -> list[str]:
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    return [line.split(" #")[0].strip() for line in lines if line.strip() and line[0] != "#"]
+
+
+def test_procfile_runs_what_requirements_txt_installs() -> None:
+    assert _requirements() == ["-c constraints.txt", "."]  # the project, pinned
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    scripts = set(pyproject["project"]["scripts"])
+    for kind, command in _procfile().items():
+        assert shlex.split(command)[0] in scripts, (kind, command)
+
+
+def test_requirements_txt_resolves_to_the_project_with_the_pinned_versions(
+    tmp_path: Path,
+) -> None:
+    """``pip install -r requirements.txt`` as a buildpack runs it, from a clean copy of the
+    checkout (dry run, every dependency resolved as on an empty machine)."""
+    app = tmp_path / "app"
+    for rel in _build_context(_dockerignore()):
+        target = app / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / rel).is_symlink():
+            target.symlink_to(os.readlink(REPO / rel))
+        else:
+            shutil.copyfile(REPO / rel, target)
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "PIP_REQUIRE_VIRTUALENV"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "-q",
+            "--report",
+            str(report),
+            "-r",
+            "requirements.txt",
+        ],  # fmt: skip
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    if run.returncode != 0 and not os.environ.get("CI") and "connection" in run.stderr.lower():
+        pytest.skip(f"no package index reachable: {run.stderr.strip()[-300:]}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    planned = {
+        item["metadata"]["name"].lower().replace("_", "-"): item
+        for item in json.loads(report.read_text())["install"]
+    }
+    project = planned["fin-relay"]
+    assert project["download_info"]["url"] == app.as_uri()
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    dependencies = [name for name in planned if name != "fin-relay"]
+    assert {"celery", "redis", "httpx", "uvicorn", "pydantic"} <= set(dependencies)
+    for name in dependencies:
+        if name in pins:
+            assert planned[name]["metadata"]["version"] == pins[name], name
+    pinned = [name for name in dependencies if name in pins]
+    assert len(pinned) >= len(dependencies) - 2, set(dependencies) - set(pins)
