@@ -6,7 +6,8 @@ a :class:`Connection` whose :meth:`~Connection.get_transport_cls` swaps that one
 :class:`Transport`. URL parsing, ``rediss://`` TLS defaults and the URL Celery logs stay
 kombu's own (``broker_transport`` would lose both). Sentinel and RabbitMQ are left alone.
 
-kombu 5.7.0 loses or crashes in three places when Redis goes away (docs/guarantees.md):
+kombu 5.7.0 loses or crashes in three places when Redis goes away (docs/guarantees.md), and
+takes the visibility timeout to redeliver a dead consumer's messages (4):
 
 1. **Atomic take** (``Channel._brpop_start``/``_brpop_read``). kombu takes a message with
    ``BRPOP`` and records it in its ``unacked`` hash (``ZADD`` + ``HSET``) with a second
@@ -43,6 +44,22 @@ kombu 5.7.0 loses or crashes in three places when Redis goes away (docs/guarante
    channel keeps the parameters it was created with and uses them once detached: such calls
    succeed when Redis is back and raise a connection error (handled by Celery) while it is not.
 
+4. **Dead consumers** (``Ownership``). kombu puts an unacked message back only after the
+   visibility timeout, which must stay long (countdown retries wait unacked in the worker that
+   took them): a SIGKILLed worker's messages waited an hour. Here each worker process has an
+   owner id (host, pid, 64 random bits) and a lease on the broker (``unacked_owners``: owner id
+   -> lease end, Redis's clock). Once the worker consumes (``enable_ownership``, from the
+   heartbeat at ``worker_ready``) the take script also adds each tag to the process's owner
+   set (``unacked_owner:{owner}``), and ``QoS._remove_from_indices`` (ack, reject, every
+   restore) removes it with kombu's own records. The heartbeat thread calls ``keep_alive``
+   every 2 s: one script renews the lease for ``LEASE_MS`` and claims the owners whose lease
+   ran out (their tags move into this process's owner set, their set and lease are deleted:
+   one claimant, and should it die, its own lease runs out in turn); the claimed messages go
+   back to the head of their queues through kombu's ``restore_by_tag`` (a WATCH transaction:
+   pushed once). A process reaps only after a whole lease of successful renewals, so after a
+   Redis outage longer than a lease the live processes renew before anyone reaps. A graceful
+   stop releases the lease (``release_ownership``).
+
 Not a fix but a cost: kombu builds a new ``redis.Redis`` client object for every ack (and
 every other command it sends outside the consuming connection), a third of the per-message
 CPU it spends in a busy worker. ``Channel.conn_or_acquire`` here reuses one client per
@@ -57,9 +74,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +94,8 @@ import kombu.utils.encoding
 import kombu.utils.json
 import redis
 from celery.app.amqp import AMQP as CeleryAMQP
+
+from fin_relay.contract import names
 
 # kombu is only partly typed: its Redis transport is used as untyped.
 kombu_redis: Any = kombu.transport.redis
@@ -109,10 +132,11 @@ def kombu_verified() -> bool:
 
 # --- fix 1: atomic take ----------------------------------------------------------------------
 
-#: KEYS: unacked index, unacked hash, this channel's inflight key, then the queues in order.
-#: ARGV: now (s), inflight key TTL (ms). Returns {queue, message, recorded} or false.
+#: KEYS: unacked index, unacked hash, this channel's inflight key, this process's owner set
+#: (fix 4), then the queues in order. ARGV: now (s), inflight key TTL (ms), '1' to record the
+#: tag in the owner set. Returns {queue, message, recorded} or false.
 _TAKE_SCRIPT = """
-for i = 4, #KEYS do
+for i = 5, #KEYS do
     local item = redis.call('LINDEX', KEYS[i], -1)
     if item then
         local ok, message = pcall(cjson.decode, item)
@@ -134,6 +158,7 @@ for i = 4, #KEYS do
         -- kombu's own record: JSON [message, exchange, routing_key]
         redis.call('HSET', KEYS[2], tag,
             '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+        if ARGV[3] == '1' then redis.call('SADD', KEYS[4], tag) end  -- who holds it (fix 4)
         redis.call('RPOP', KEYS[i])
         redis.call('SET', KEYS[3], tag, 'PX', ARGV[2])
         return {KEYS[i], item, 1}
@@ -231,6 +256,15 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             )
             raise
 
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        # kombu's ack, reject and every restore (restore_by_tag) come here: the tag leaves this
+        # process's owner set in the same pipeline / MULTI as kombu's records (fix 4)
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        owner_key = self.channel.owner_key
+        if owner_key is not None:
+            pipe.srem(owner_key, delivery_tag)
+        return pipe
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         # kombu's periodic unacked sweep (every unacked_restore_interval s) also puts back
         # what this process holds, in case no new channel is created once Redis answers.
@@ -257,12 +291,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self.atomic_take = False
         self._atomic_poll = False  # whether the outstanding poll is a take (else kombu's BRPOP)
         self._no_ack_tags: set[str] = set()  # consumers without acks: see _brpop_start
+        self._endpoint: _Endpoint | None = None  # fix 4: set when takes can be owned
         super().__init__(*args, **kwargs)  # connects (PING): Redis answers
         self._connparams(asynchronous=False)  # remember the sync pool's parameters too
         self.atomic_take = self.ATOMIC_TAKE and not self.global_keyprefix
         self._inflight_key = f"{self.unacked_key}_inflight:{uuid.uuid4().hex}"
         self._inflight_ttl_ms = max(1, int(self.visibility_timeout * 1000))
+        if self.atomic_take:
+            self._endpoint = ownership().register(self)
         self.restore_held()
+
+    @property
+    def owner_key(self) -> str | None:
+        """This process's owner set on this channel's broker (fix 4), or None."""
+        return self._endpoint.owner_key() if self._endpoint is not None else None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -320,16 +362,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
+        endpoint = self._endpoint
+        owner_key = endpoint.owner_key() if endpoint is not None and endpoint.records() else None
         self.client.connection.send_command(
             "EVALSHA",
             _TAKE_SHA,
-            3 + len(keys),
+            4 + len(keys),
             self.unacked_index_key,
             self.unacked_key,
             self._inflight_key,
+            owner_key or self._inflight_key,  # a placeholder when not recorded: not touched
             *keys,
             repr(time.time()),
             self._inflight_ttl_ms,
+            "1" if owner_key else "0",
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -481,6 +527,312 @@ def restore_held_messages(connection: Any) -> None:
     kombu Connection)."""
     if pending_put_backs():
         connection.channel().close()  # a new channel puts back what it can (Channel.__init__)
+
+
+# --- fix 4: a dead consumer's messages ------------------------------------------------------
+
+#: A worker process's lease on its broker lasts this long after its last renewal (Redis's clock,
+#: so the hosts' clocks do not matter). The heartbeat thread renews it every 2 s
+#: (``heartbeat.INTERVAL_S``); a lease that ran out marks the process dead.
+LEASE_MS = 10_000
+#: New takes are recorded as owned only while the last renewal is younger than this: a process
+#: whose renewals stall (its lease may run out while it lives) stops adding to what would be
+#: put back under it; those messages keep kombu's visibility timeout.
+FRESH_RENEWAL_S = LEASE_MS / 2000
+#: At most this many dead owners are claimed per keep-alive (the rest at the next one). A
+#: process reaps only after renewing its own lease without a failure for a whole lease: after
+#: a broker outage longer than a lease, every live process has renewed before anyone reaps.
+REAP_BATCH = 16
+#: Socket timeouts of the keep-alive client: a Redis that hangs must not stall the heartbeat.
+KEEPALIVE_TIMEOUT_S = 3.0
+
+#: Renew this process's lease; with ARGV[4] > 0 also claim up to that many dead owners: their
+#: tags move into this process's owner set (so they are put back by whoever outlives it, should
+#: it die before putting them back), their set and lease are deleted, all in one step, so two
+#: reapers never claim the same owner. KEYS: owners zset, this process's owner set.
+#: ARGV: owner id, owner set key prefix, lease (ms), max owners to claim.
+#: Returns {{owner, lease end (ms), now (ms), {tags}}, ...}.
+_KEEP_ALIVE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+local limit = tonumber(ARGV[4])
+if limit <= 0 then return {} end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+local claimed = {}
+for i = 1, #dead, 2 do
+    local owner = dead[i]
+    local key = ARGV[2] .. owner
+    local tags = redis.call('SMEMBERS', key)
+    for j = 1, #tags, 1000 do
+        redis.call('SADD', KEYS[2], unpack(tags, j, math.min(j + 999, #tags)))
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], owner)
+    claimed[#claimed + 1] = {owner, dead[i + 1], tostring(now), tags}
+end
+return claimed
+"""
+_KEEP_ALIVE_SHA = hashlib.sha1(_KEEP_ALIVE_SCRIPT.encode()).hexdigest()  # noqa: S324
+
+#: A process stopping gracefully: no lease left behind. Whatever is still in its owner set (an
+#: ack that could not be sent) is left to the next reaper at once (lease end 0).
+#: KEYS: owners zset, this process's owner set. ARGV: owner id. Returns the tags left.
+_RELEASE_SCRIPT = """
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then
+    redis.call('ZREM', KEYS[1], ARGV[1])
+else
+    redis.call('ZADD', KEYS[1], 0, ARGV[1])
+end
+return left
+"""
+
+
+def new_owner_id() -> str:
+    """Unique per process, across hosts and restarts: host name and pid (readable in logs)
+    plus 64 random bits (Celery node names given with ``-n`` may collide, containers all run
+    as pid 1, and a pid is reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+@dataclass
+class Claim:
+    """A dead owner whose unacked messages a keep-alive claimed to put back."""
+
+    owner: str
+    lease_ended_ms: int  # 0: released at a graceful stop
+    now_ms: int
+    tags: list[str]
+
+    def describe(self) -> str:
+        if self.lease_ended_ms <= 0:
+            return f"worker process {self.owner} stopped"
+        ago_s = (self.now_ms - self.lease_ended_ms) / 1000 + LEASE_MS / 1000
+        return f"worker process {self.owner} stopped renewing its lease {ago_s:.1f} s ago"
+
+
+class _Endpoint:
+    """One broker this process takes messages from (a Redis server and kombu's unacked key),
+    its lease there, and the client that renews it."""
+
+    def __init__(self, owner: Ownership, params: dict[str, Any], unacked_key: str) -> None:
+        self.ownership = owner
+        self.unacked_key = unacked_key
+        self.owners_key = names.broker_owners(unacked_key)
+        self.owner_prefix = names.broker_owner("", unacked_key)
+        # kombu's synchronous pool parameters, with timeouts: the heartbeat thread uses it
+        self.params = {
+            **params,
+            "socket_timeout": KEEPALIVE_TIMEOUT_S,
+            "socket_connect_timeout": KEEPALIVE_TIMEOUT_S,
+            "max_connections": None,
+        }
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.client: Any = None
+        self.renewed_at = float("-inf")  # monotonic, taken before the renewal was sent
+        self.healthy_since: float | None = None
+        self.claimed: _Pending[str] = _Pending()  # tags claimed and not put back yet
+
+    def owner_key(self) -> str | None:
+        owner = self.ownership.current_owner()
+        return names.broker_owner(owner, self.unacked_key) if owner else None
+
+    def records(self) -> bool:
+        """Whether a take now records its tag under this process's owner id."""
+        return self.ownership.active() and time.monotonic() - self.renewed_at < FRESH_RENEWAL_S
+
+    def connect(self) -> Any:
+        if self.client is None:
+            self.client = redis.Redis(connection_pool=redis.ConnectionPool(**self.params))
+        return self.client
+
+    def live_channel(self) -> Any:
+        for channel in list(self.channels):
+            if not channel.closed:
+                return channel
+        return None
+
+
+class Ownership:
+    """Which unacked messages each live worker process holds, so that a dead one's come back
+    at once instead of after the visibility timeout (fix 4).
+
+    Off until :meth:`enable` (the worker's heartbeat calls it once it consumes): a process
+    that never renews a lease must not record takes under one, or they would be put back
+    while it works on them. One per process: a forked child starts with a fresh, disabled one.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.owner_id: str | None = None
+        self.enabled = False
+        self._endpoints: dict[tuple[Any, ...], _Endpoint] = {}
+        self._lock = threading.Lock()
+
+    def current_owner(self) -> str | None:
+        return self.owner_id if self.pid == os.getpid() else None
+
+    def active(self) -> bool:
+        return self.enabled and self.pid == os.getpid()
+
+    def endpoints(self) -> list[_Endpoint]:
+        with self._lock:
+            return list(self._endpoints.values())
+
+    def register(self, channel: Any) -> _Endpoint:
+        params = channel._attached_params[False]
+        where = tuple(repr(params.get(k)) for k in ("host", "port", "path", "db", "username"))
+        ident = (*where, channel.unacked_key)
+        with self._lock:
+            endpoint = self._endpoints.get(ident)
+            new = endpoint is None
+            if endpoint is None:
+                endpoint = self._endpoints[ident] = _Endpoint(self, params, channel.unacked_key)
+            endpoint.channels.add(channel)
+        if new and self.active():
+            self._renew(endpoint, reap=False)  # a lease before this broker's first owned take
+        return endpoint
+
+    def enable(self) -> str:
+        """Record takes under a lease from now on; renew it on every broker known; -> id."""
+        if self.owner_id is None:
+            self.owner_id = new_owner_id()
+        self.enabled = True
+        for endpoint in self.endpoints():
+            self._renew(endpoint, reap=False)
+        return self.owner_id
+
+    def keep_alive(self, *, reap: bool = True) -> int:
+        """Renew this process's leases; unless ``reap`` is false, claim dead owners' messages
+        and put them back at the head of their queues; -> how many were put back."""
+        if not self.active():
+            return 0
+        restored = 0
+        for endpoint in self.endpoints():
+            restored += self._put_back(endpoint, self._renew(endpoint, reap=reap))
+        return restored
+
+    def release(self) -> None:
+        """Stopping gracefully (after kombu put back or acked what it held): drop the lease."""
+        if not self.active():
+            return
+        self.enabled = False
+        assert self.owner_id is not None
+        for endpoint in self.endpoints():
+            if endpoint.client is None:
+                continue
+            try:
+                left = endpoint.client.eval(
+                    _RELEASE_SCRIPT,
+                    2,
+                    endpoint.owners_key,
+                    names.broker_owner(self.owner_id, endpoint.unacked_key),
+                    self.owner_id,
+                )
+                if left:
+                    log.info("%d unacked message(s) left for another worker to put back", left)
+            except redis.RedisError as exc:
+                log.warning("broker lease not released (it runs out by itself): %s", exc)
+            endpoint.client.close()
+            endpoint.client = None
+
+    def _renew(self, endpoint: _Endpoint, *, reap: bool) -> list[Claim]:
+        assert self.owner_id is not None
+        sent_at = time.monotonic()
+        healthy = endpoint.healthy_since is not None and (
+            sent_at - endpoint.healthy_since >= LEASE_MS / 1000
+        )
+        args = (
+            2,
+            endpoint.owners_key,
+            names.broker_owner(self.owner_id, endpoint.unacked_key),
+            self.owner_id,
+            endpoint.owner_prefix,
+            LEASE_MS,
+            REAP_BATCH if reap and healthy else 0,
+        )
+        try:
+            client = endpoint.connect()
+            try:
+                reply = client.evalsha(_KEEP_ALIVE_SHA, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(_KEEP_ALIVE_SCRIPT)
+                reply = client.evalsha(_KEEP_ALIVE_SHA, *args)
+        except redis.RedisError as exc:
+            if endpoint.healthy_since is not None:
+                log.warning("broker lease not renewed (retried every heartbeat): %s", exc)
+            endpoint.healthy_since = None
+            return []
+        endpoint.renewed_at = sent_at
+        if endpoint.healthy_since is None:
+            endpoint.healthy_since = sent_at
+        return [
+            Claim(
+                bytes_to_str(owner),
+                int(float(lease_end)),
+                int(now),
+                [bytes_to_str(tag) for tag in tags],
+            )
+            for owner, lease_end, now, tags in reply
+        ]
+
+    def _put_back(self, endpoint: _Endpoint, claims: list[Claim]) -> int:
+        for claim in claims:
+            if claim.tags:
+                log.warning(
+                    "%s: putting its %d unacked message(s) back at the head of their queue(s)",
+                    claim.describe(),
+                    len(claim.tags),
+                )
+            else:
+                log.info("%s: it held no message", claim.describe())
+            for tag in claim.tags:
+                endpoint.claimed.add(tag)
+        batch = endpoint.claimed.take_all()
+        if not batch:
+            return 0
+        channel = endpoint.live_channel()
+        done = 0
+        try:
+            if channel is None:
+                raise ConnectionError("no open channel on this broker yet")
+            for tag in batch:
+                # kombu's restore in a WATCH transaction: pushed once even if another process
+                # restores the same tag; its _remove_from_indices drops it from our owner set
+                channel.qos.restore_by_tag(tag, client=endpoint.client)
+                done += 1
+        except Exception as exc:  # kept for the next heartbeat, whatever it was
+            endpoint.claimed.put_back(batch[done:])
+            log.warning("%d claimed message(s) not put back yet: %r", len(batch) - done, exc)
+        return done
+
+
+_ownership = Ownership()
+
+
+def ownership() -> Ownership:
+    """This process's :class:`Ownership` (a fresh one in a forked child)."""
+    global _ownership
+    if _ownership.pid != os.getpid():
+        _ownership = Ownership()
+    return _ownership
+
+
+def enable_ownership() -> str:
+    """Record takes under this process's lease from now on (the worker's heartbeat calls it
+    once the worker consumes); -> the owner id."""
+    return ownership().enable()
+
+
+def keep_alive(*, reap: bool = True) -> int:
+    """Renew this process's broker leases and put back dead owners' messages (heartbeat)."""
+    return ownership().keep_alive(reap=reap)
+
+
+def release_ownership() -> None:
+    """Drop this process's broker leases (graceful stop)."""
+    ownership().release()
 
 
 # --- wiring ----------------------------------------------------------------------------------

@@ -42,6 +42,21 @@ TASK_QUEUES: dict[str, str] = {
     TASK_EVENT: EVENTS_QUEUE,
 }
 
+# --- broker bookkeeping (Redis broker only; next to kombu's ``unacked`` keys, not namespaced) --
+
+
+def broker_owners(unacked_key: str = "unacked") -> str:
+    """Sorted set on the broker: every consuming worker process (owner id) -> the end of its
+    lease (epoch ms, Redis's clock). A member whose lease ended is a dead consumer."""
+    return f"{unacked_key}_owners"
+
+
+def broker_owner(owner: str, unacked_key: str = "unacked") -> str:
+    """Set on the broker: delivery tags one worker process took and has not acked or put back
+    yet (a subset of kombu's ``unacked`` hash)."""
+    return f"{unacked_key}_owner:{owner}"
+
+
 # --- envelope types -------------------------------------------------------------------------
 
 CALL_SUCCEEDED = "call.succeeded"

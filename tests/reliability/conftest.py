@@ -6,7 +6,9 @@
   killed and restarted in place, keeping its data dir), stopped at teardown.
 * ``worker_procs(redis_url, base_url=..., env=...)``: real Celery worker processes on *any*
   Redis (the shared ``celery_worker_proc`` fixture is bound to the session Redis), stopped at
-  teardown.
+  teardown; ``product_defaults=True``: without the tests' short timings
+  (``tests/fixtures/worker.py``), i.e. on the product's default configuration;
+  ``wait=False``: returns at once (``tests.fixtures.worker.wait_ready`` waits later).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from fin_relay.embedded_redis import EmbeddedRedis, free_port
 from fin_relay.simulator.server import SimulatorConfig, SubprocessHandle, start_subprocess
 from tests.fixtures.worker import (
+    TEST_WORKER_ENV,
     WorkerProcess,
     spawn_worker,
     wait_ready,
@@ -84,7 +87,8 @@ def reliability_worker_command(command: str, hostname: str, concurrency: int) ->
 @pytest.fixture
 def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: ``worker_procs(redis_url, base_url=..., concurrency=8, env={...},
-    command="celery")`` (``command``: see :func:`reliability_worker_command`)."""
+    command="celery", product_defaults=False, wait=True)`` (``command``: see
+    :func:`reliability_worker_command`)."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -96,18 +100,26 @@ def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         namespace: str = "fin",
         ready_timeout_s: float = 60.0,
         command: str = "celery",
+        product_defaults: bool = False,
+        wait: bool = True,
     ) -> WorkerProcess:
         index = len(started)
         hostname = f"rel{index}-{uuid.uuid4().hex[:6]}@test"
+        extra = dict(env or {})
+        full_env = worker_env(redis_url, base_url, "sim-token", namespace, extra)
+        if product_defaults:
+            for key in TEST_WORKER_ENV.keys() - extra.keys():
+                del full_env[key]
         worker = spawn_worker(
             reliability_worker_command(command, hostname, concurrency),
-            worker_env(redis_url, base_url, "sim-token", namespace, dict(env or {})),
+            full_env,
             tmp_path / f"worker-{index}.log",
             hostname=hostname,
             namespace=namespace,
         )
         started.append(worker)
-        wait_ready(worker, redis_url, ready_timeout_s)
+        if wait:
+            wait_ready(worker, redis_url, ready_timeout_s)
         return worker
 
     yield start

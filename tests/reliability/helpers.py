@@ -91,6 +91,29 @@ def result_counts(client: redis.Redis) -> tuple[Counter[str], Counter[str]]:
     return succeeded, types
 
 
+def await_outcomes(
+    client: redis.Redis, jobs: set[str], timeout_s: float, stream: str = NS.results
+) -> dict[str, float]:
+    """Read ``stream`` from its start (``XREAD BLOCK``: each outcome is awaited, not polled)
+    until every job of ``jobs`` has an outcome or ``timeout_s`` passed; -> the monotonic time
+    at which each job's first outcome was read."""
+    first_at: dict[str, float] = {}
+    last_id = "0-0"
+    deadline = time.monotonic() + timeout_s
+    while not jobs <= set(first_at):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            break
+        for _stream, entries in (
+            client.xread({stream: last_id}, block=int(min(1, left_s) * 1000) or 1) or []
+        ):
+            for entry_id, fields in entries:
+                last_id = entry_id
+                job = str(Envelope.from_stream_fields(fields).data.get("job_id"))
+                first_at.setdefault(job, time.monotonic())
+    return first_at
+
+
 def broker_drained(client: redis.Redis) -> bool:
     """Nothing waiting on the queues and nothing delivered-but-unacknowledged (kombu's hash)."""
     return (

@@ -61,13 +61,6 @@ THREADS = 4
 MAX_EVENTS = 20_000  # the load loop is bounded in count as well as in time
 PAUSE_S = 0.01  # per thread between requests: a steady load, not a benchmark
 
-WORKER_ENV = {
-    "FIN_RELAY_VISIBILITY_TIMEOUT_S": "10",
-    "FIN_RELAY_TASK_TIME_LIMIT_S": "5",
-    "FIN_RELAY_CONNECT_TIMEOUT_S": "1",
-    "FIN_RELAY_READ_TIMEOUT_S": "3",
-}
-
 
 @dataclass
 class Answer:
@@ -191,7 +184,7 @@ def run_ingest_restart(
         missing = sorted(accepted - set(queued))
         # now a worker drains the queue: each accepted event is published exactly once
         sim = rig.sim_process()
-        rig.worker_procs(server.url, base_url=sim.base_url, concurrency=8, env=WORKER_ENV)
+        rig.worker_procs(server.url, base_url=sim.base_url, concurrency=8)
         published = True
         try:
             wait_for(
@@ -268,9 +261,7 @@ def run_worker_across_restart(
     server = rig.own_redis(appendfsync="always")
     sim = rig.sim_process(faults={"*": {"latency_ms": 1500}})  # Fin calls in flight at the restart
     ingest = rig.start_ingest(server.url, env={"FIN_RELAY_ENQUEUE_TIMEOUT_S": "1"})
-    worker = rig.worker_procs(
-        server.url, base_url=sim.base_url, concurrency=8, env=WORKER_ENV, command=command
-    )
+    worker = rig.worker_procs(server.url, base_url=sim.base_url, concurrency=8, command=command)
     client = redis.Redis.from_url(server.url, decode_responses=True)
     load = LoadLoop(ingest.webhook_url, prefix=f"wr-{command}-{'hard' if hard else 'soft'}")
     in_flight: list[str] = []
@@ -333,7 +324,8 @@ def run_worker_across_restart(
             "accepted": len(accepted),
             "accepted_not_published": len(accepted - ids),
             # not a loss: an ack that failed while Redis was down leaves its unacked record,
-            # redelivered after the visibility timeout and de-duplicated by the task
+            # redelivered after the visibility timeout (or once this worker's broker lease
+            # ends, should it die) and de-duplicated by the task
             "queued_or_unacked_left": client.llen("fin.events")
             + client.llen("fin.calls")
             + client.hlen("unacked"),

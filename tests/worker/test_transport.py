@@ -12,15 +12,28 @@ stopped at the worst moments (a private AOF Redis, ``appendfsync always``, resta
   ``close()``) with a pending take, an unacked message and a remote-control-like channel (an
   auto-delete fanout queue): stock kombu raises ``AttributeError`` from ``_connparams``; ours
   raises only connection errors, and the late ack works once Redis is back.
+* Dead consumers (fix 4): with ownership on, each take records its tag under the process's
+  owner id and acks/restores remove it; a process whose lease ran out (SIGKILLed for real, in a
+  subprocess) gets its unacked messages put back at the head of their queue by a live one,
+  once, also when two reapers race or the reaper dies after claiming them; a live owner's and
+  acked messages never; after a Redis restart longer than a lease nobody reaps before the live
+  owners renewed; a graceful stop hands what is left over at once.
 * The wiring: fin-relay's Celery app uses the transport for Redis URLs only, keeping kombu's
   URL handling; a real worker consumes through it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,11 +44,12 @@ import redis
 from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
+from fin_relay.contract import names
 from fin_relay.embedded_redis import EmbeddedRedis, free_port
 from fin_relay.worker import app as app_module
 from fin_relay.worker import transport
 from fin_relay.worker.app import create_app
-from tests.fixtures.worker import wait_until
+from tests.fixtures.worker import REPO, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +75,10 @@ def aof_redis() -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture(autouse=True)
-def clean_process_state() -> Iterator[None]:
+def clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     transport._held.take_all()
     transport._orphans.take_all()
+    monkeypatch.setattr(transport, "_ownership", transport.Ownership())  # off, no lease
     yield
     transport._held.take_all()
     transport._orphans.take_all()
@@ -480,6 +495,386 @@ def test_connection_loss_handling_raises_only_connection_errors_and_late_acks_wo
     assert client(aof_redis).hlen("unacked") == 1
     ack()  # Redis back: the ack of a task that finished after the reconnect works
     assert settled(aof_redis) == (0, 0, 0)
+
+
+# --- fix 4: dead consumers ------------------------------------------------------------------
+
+#: Leases of the processes in these tests (the product's is ``transport.LEASE_MS``, 10 s).
+TEST_LEASE_MS = 1000
+
+#: A consumer process: takes ``take`` messages of ``tq`` with ownership on, acks the first
+#: ``ack``, prints its owner id and tags, then renews its lease every ``renew_ms`` (never reaps)
+#: until killed.
+OWNER_PROCESS = """
+import json, sys, time
+import kombu
+from fin_relay.worker import transport
+url, take, ack, lease_ms, renew_ms = sys.argv[1], *map(int, sys.argv[2:6])
+transport.LEASE_MS = lease_ms
+transport.FRESH_RENEWAL_S = lease_ms / 2000
+queue = kombu.Queue("tq", kombu.Exchange("tq", type="direct"), routing_key="tq")
+with kombu.Connection(url, transport="fin_relay.worker.transport:Transport") as conn:
+    got = []
+    consumer = conn.Consumer([queue], callbacks=[lambda _body, message: got.append(message)])
+    consumer.qos(prefetch_count=take)
+    owner = transport.enable_ownership()
+    consumer.consume()
+    while len(got) < take:
+        conn.drain_events(timeout=10)
+    for message in got[:ack]:
+        message.ack()
+    print(json.dumps({
+        "owner": owner,
+        "held": {m.delivery_tag: m.payload["n"] for m in got[ack:]},
+        "acked": [m.payload["n"] for m in got[:ack]],
+    }), flush=True)
+    while True:
+        time.sleep(renew_ms / 1000)
+        transport.keep_alive(reap=False)
+"""
+
+
+class OwnerProcess:
+    """A real consumer process holding unacked messages under its lease (SIGKILL: it dies)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        take: int,
+        ack: int = 0,
+        lease_ms: int = TEST_LEASE_MS,
+        renew_ms: int = 200,
+    ) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        args = [str(v) for v in (url, take, ack, lease_ms, renew_ms)]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", OWNER_PROCESS, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(10)
+            raise AssertionError(self.process.stderr.read().decode() if self.process.stderr else "")
+        info = json.loads(line)
+        self.owner: str = info["owner"]
+        self.held: dict[str, int] = info["held"]  # tag -> body number
+        self.acked: list[int] = info["acked"]
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def owner_processes() -> Iterator[Callable[..., OwnerProcess]]:
+    started: list[OwnerProcess] = []
+
+    def start(url: str, **kwargs: Any) -> OwnerProcess:
+        started.append(OwnerProcess(url, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's leases as short as the owner processes' (the setting under test)."""
+    monkeypatch.setattr(transport, "LEASE_MS", TEST_LEASE_MS)
+    monkeypatch.setattr(transport, "FRESH_RENEWAL_S", TEST_LEASE_MS / 2000)
+
+
+def publish_numbered(server: EmbeddedRedis, count: int) -> None:
+    with kombu.Connection(server.url, transport=OURS) as conn:
+        for n in range(count):
+            publish(conn, {"n": n})
+
+
+def owned(r: redis.Redis, owner: str) -> set[str]:
+    return set(r.smembers(names.broker_owner(owner)))
+
+
+def lease_owners(r: redis.Redis) -> dict[str, float]:
+    return dict(r.zrange(names.broker_owners(), 0, -1, withscores=True))
+
+
+def queued_numbers(r: redis.Redis) -> list[int]:
+    """Body numbers on ``tq``, the next to be delivered first (takes pop from the right)."""
+    numbers = []
+    for item in reversed(r.lrange("tq", 0, -1)):
+        message = kombu_redis.loads(item)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        numbers.append(int(kombu_redis.loads(body)["n"]))
+    return numbers
+
+
+class Reaper:
+    """A live process's ownership in this test process: its own :class:`transport.Ownership`,
+    a kombu connection registered with it (the channel its restores go through)."""
+
+    def __init__(self, server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ownership = transport.Ownership()
+        monkeypatch.setattr(transport, "_ownership", self.ownership)
+        self.conn = kombu.Connection(server.url, transport=OURS)
+        self.channel = self.conn.default_channel  # registers with self.ownership
+        self.owner = self.ownership.enable()
+        self.restored = 0
+
+    def keep_alive(self) -> int:
+        restored = self.ownership.keep_alive()
+        self.restored += restored
+        return restored
+
+    def reap_until(self, predicate: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
+        wait_until(lambda: self.keep_alive() >= 0 and predicate(), timeout_s, what, step_s=0.1)
+
+    def close(self) -> None:
+        self.conn.release()
+
+
+@pytest.fixture
+def reapers(
+    aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, short_lease: None
+) -> Iterator[Callable[[], Reaper]]:
+    made: list[Reaper] = []
+
+    def make() -> Reaper:
+        made.append(Reaper(aof_redis, monkeypatch))
+        return made[-1]
+
+    yield make
+    for reaper in made:
+        reaper.close()
+
+
+def test_takes_are_owned_only_with_ownership_on_and_until_acked(aof_redis: EmbeddedRedis) -> None:
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 4)
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        got, error = take_one(conn)  # ownership off (no heartbeat): nothing recorded
+        assert error is None and not r.keys("unacked_owner*")
+        got[0].ack()
+        owner = transport.enable_ownership()
+        assert owner.split(":")[:2] == [socket.gethostname(), str(os.getpid())]
+        assert owner != transport.new_owner_id()  # random part: unique per process
+        lease_end = lease_owners(r)[owner]
+        redis_now_ms = r.time()[0] * 1000
+        assert redis_now_ms < lease_end <= redis_now_ms + transport.LEASE_MS + 1000
+        first, _ = take_one(conn)
+        second, _ = take_one(conn)
+        tags = {first[0].delivery_tag, second[0].delivery_tag}
+        assert owned(r, owner) == tags == set(r.hkeys("unacked"))
+        first[0].ack()
+        assert owned(r, owner) == {second[0].delivery_tag}  # the ack removed it
+        second[0].reject(requeue=True)  # a restore (kombu's restore_by_tag) removes it too
+        assert owned(r, owner) == set() and settled(aof_redis) == (2, 0, 0)
+        third, _ = take_one(conn)
+        assert owned(r, owner) == {third[0].delivery_tag}
+    # a graceful close puts back what the channel held (kombu): no longer owned
+    assert owned(r, owner) == set() and settled(aof_redis) == (2, 0, 0)
+    transport.release_ownership()
+    assert owner not in lease_owners(r)  # nothing left: no lease left behind
+
+
+def test_a_consumer_without_acks_owns_nothing(aof_redis: EmbeddedRedis) -> None:
+    """Celery's control replies (no_ack) are never owned: nobody would ack them."""
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 1)
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        owner = transport.enable_ownership()
+        got: list[Any] = []
+        consumer = conn.Consumer([QUEUE], callbacks=[lambda b, _m: got.append(b)], no_ack=True)
+        consumer.consume()
+        while not got:
+            conn.drain_events(timeout=5)
+        assert got == [{"n": 0}] and owned(r, owner) == set() and settled(aof_redis) == (0, 0, 0)
+
+
+def test_dead_owner_messages_are_put_back_once_at_the_head_and_a_live_owners_never(
+    aof_redis: EmbeddedRedis,
+    owner_processes: Callable[..., OwnerProcess],
+    reapers: Callable[[], Reaper],
+) -> None:
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 8)
+    dead = owner_processes(aof_redis.url, take=3, ack=1)  # holds 2, acked 1
+    live = owner_processes(aof_redis.url, take=2)  # holds 2, renews its lease
+    assert owned(r, dead.owner) == set(dead.held) and owned(r, live.owner) == set(live.held)
+    assert set(lease_owners(r)) == {dead.owner, live.owner}
+    assert r.llen("tq") == 3 and r.hlen("unacked") == 4
+    reaper = reapers()
+    dead.kill()
+    killed_at = time.monotonic()
+    reaper.reap_until(lambda: r.llen("tq") == 5, "the dead owner's 2 messages back")
+    recovery_s = time.monotonic() - killed_at
+    # at the head of the queue (delivered next), each once; the acked one is not among them
+    assert sorted(queued_numbers(r)[:2]) == sorted(dead.held.values())
+    assert sorted(queued_numbers(r)) == sorted([*dead.held.values(), 5, 6, 7])
+    assert not set(dead.acked) & set(queued_numbers(r))
+    assert reaper.restored == 2
+    assert dead.owner not in lease_owners(r) and not r.exists(names.broker_owner(dead.owner))
+    assert owned(r, reaper.owner) == set()  # claimed, then put back
+    # lease 1 s, reaping starts after 1 s of healthy renewals: back within ~2 s of the kill
+    assert recovery_s < 5, recovery_s
+    # the live owner keeps its messages however long the reaper runs (several of its leases)
+    deadline = time.monotonic() + 3 * TEST_LEASE_MS / 1000
+    while time.monotonic() < deadline:
+        assert reaper.keep_alive() == 0
+        time.sleep(0.1)
+    assert set(r.hkeys("unacked")) == set(live.held) == owned(r, live.owner)
+    assert r.llen("tq") == 5 and reaper.restored == 2
+    live.kill()  # and once it dies, its messages come back too
+    reaper.reap_until(lambda: r.llen("tq") == 7, "the second owner's messages back")
+    assert sorted(queued_numbers(r)) == sorted([*dead.held.values(), *live.held.values(), 5, 6, 7])
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+    assert set(lease_owners(r)) == {reaper.owner}
+
+
+def test_two_reapers_racing_put_each_message_back_once(
+    aof_redis: EmbeddedRedis,
+    owner_processes: Callable[..., OwnerProcess],
+    reapers: Callable[[], Reaper],
+) -> None:
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 20)
+    dead = owner_processes(aof_redis.url, take=20)
+    first, second = reapers(), reapers()
+    dead.kill()
+    deadline = time.monotonic() + 15
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def decide() -> None:  # once per round, before both reapers go
+        if r.llen("tq") >= 20 or time.monotonic() > deadline:
+            stop.set()
+
+    barrier = threading.Barrier(2, action=decide)
+
+    def race(reaper: Reaper) -> None:
+        try:
+            while True:
+                barrier.wait(timeout=20)  # both call at the same moment, every round
+                if stop.is_set():
+                    return
+                reaper.keep_alive()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=race, args=(reaper,)) for reaper in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted(queued_numbers(r)) == list(range(20))  # each once
+    assert first.restored + second.restored == 20
+    assert settled(aof_redis) == (20, 0, 0)
+    assert owned(r, first.owner) == owned(r, second.owner) == set()
+
+
+def test_a_reaper_that_dies_after_claiming_is_reaped_in_turn(
+    aof_redis: EmbeddedRedis,
+    owner_processes: Callable[..., OwnerProcess],
+    reapers: Callable[[], Reaper],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 3)
+    dead = owner_processes(aof_redis.url, take=3)
+    doomed = reapers()
+    # the reaper dies right after its claim, before putting anything back
+    monkeypatch.setattr(doomed.ownership, "_put_back", lambda _endpoint, _claims: 0)
+    dead.kill()
+    doomed.reap_until(lambda: not r.exists(names.broker_owner(dead.owner)), "the claim")
+    assert owned(r, doomed.owner) == set(dead.held)  # now held under the reaper's lease
+    assert r.llen("tq") == 0
+    survivor = reapers()  # doomed renews no more: its lease runs out
+    survivor.reap_until(lambda: r.llen("tq") == 3, "the claimed messages back")
+    assert sorted(queued_numbers(r)) == [0, 1, 2] and survivor.restored == 3
+    assert settled(aof_redis) == (3, 0, 0)
+    assert set(lease_owners(r)) == {survivor.owner}
+
+
+def test_nobody_reaps_live_owners_after_a_redis_outage_longer_than_a_lease(
+    aof_redis: EmbeddedRedis,
+    owner_processes: Callable[..., OwnerProcess],
+    reapers: Callable[[], Reaper],
+) -> None:
+    """Redis keeps the leases (AOF) but its clock runs on while it is down: every lease has run
+    out when it is back. A reaper first renews for a whole lease, by which time the live
+    owners have renewed too."""
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 2)
+    live = owner_processes(aof_redis.url, take=2, renew_ms=300)
+    reaper = reapers()
+    endpoint = reaper.ownership.endpoints()[0]
+    reaper.reap_until(
+        lambda: time.monotonic() - (endpoint.healthy_since or 1e12) > 1.2, "a healthy reaper"
+    )
+    aof_redis.stop(cleanup=False)
+    # the live owner is held still until Redis is back, so that its lease has surely run out
+    # then (in production every live worker renews within 2 s of Redis answering again)
+    live.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2 * TEST_LEASE_MS / 1000)  # the outage: longer than a lease
+        assert reaper.keep_alive() == 0  # Redis down: renewal fails, nothing reaped
+        aof_redis.start()
+        r = client(aof_redis)
+        assert r.zscore(names.broker_owners(), live.owner) < r.time()[0] * 1000  # ran out
+        assert reaper.keep_alive() == 0  # renewed, but not healthy for a lease yet
+        assert owned(r, live.owner) == set(live.held)
+    finally:
+        live.process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 3 * TEST_LEASE_MS / 1000
+    while time.monotonic() < deadline:  # reaping resumes meanwhile: the live owner renewed
+        assert reaper.keep_alive() == 0
+        time.sleep(0.05)
+    assert set(r.hkeys("unacked")) == set(live.held) == owned(r, live.owner)
+    assert r.llen("tq") == 0
+    live.kill()  # a real death after the outage is still reaped
+    reaper.reap_until(lambda: r.llen("tq") == 2, "the dead owner's messages back")
+    assert settled(aof_redis) == (2, 0, 0)
+
+
+def test_a_graceful_stop_hands_what_is_left_to_the_next_reaper_at_once(
+    aof_redis: EmbeddedRedis, reapers: Callable[[], Reaper], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = client(aof_redis)
+    publish_numbered(aof_redis, 1)
+    reaper = reapers()
+    endpoint = reaper.ownership.endpoints()[0]
+    reaper.reap_until(
+        lambda: time.monotonic() - (endpoint.healthy_since or 1e12) > 1.2, "a healthy reaper"
+    )
+    stopping = transport.Ownership()
+    monkeypatch.setattr(transport, "_ownership", stopping)
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        owner = stopping.enable()
+        got, _ = take_one(conn)
+        assert owned(r, owner) == {got[0].delivery_tag}
+        # an ack that could not be sent (Redis away at that moment): kombu forgets it
+        conn.default_channel.qos._delivered.clear()
+    stopping.release()
+    assert lease_owners(r)[owner] == 0  # ended at once, not in a lease
+    released_at = time.monotonic()
+    reaper.reap_until(lambda: r.llen("tq") == 1, "the message left over put back")
+    assert time.monotonic() - released_at < 1.0  # no lease to wait for
+    assert settled(aof_redis) == (1, 0, 0) and owner not in lease_owners(r)
 
 
 # --- wiring ----------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ broker reconnect) exits so its supervisor restarts it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
+from fin_relay.contract.names import Names, broker_owners
 from fin_relay.worker.heartbeat import STUCK_EXIT_CODE, StallDetector
 from tests.fixtures.worker import enqueue_job, start_kwargs, wait_until
 
@@ -47,6 +49,9 @@ def test_worker_that_stops_consuming_exits_for_its_supervisor(
     )
     job = enqueue_job(redis_client, "fin.start", start_kwargs("wd-1"))
     wait_until(lambda: redis_client.llen("fin.calls") == 0, 20, "the first job consumed")
+    heartbeat_key = Names("fin").worker_heartbeat(worker.hostname)
+    owner = json.loads(redis_client.get(heartbeat_key) or "{}")["owner"]
+    assert redis_client.zscore(broker_owners(), owner)  # the worker holds a broker lease
     # Make the worker stop consuming fin.calls while staying connected: the failure mode.
     control = Celery(broker=redis_url)
     replies = control.control.cancel_consumer(
@@ -59,3 +64,6 @@ def test_worker_that_stops_consuming_exits_for_its_supervisor(
     assert "stopped consuming" in worker.logs()
     assert redis_client.llen("fin.calls") == 1  # the job is kept for the next worker
     assert job
+    # it left nothing to wait for: no lease for other workers to outlive, no liveness key
+    assert redis_client.zscore(broker_owners(), owner) is None
+    assert not redis_client.exists(heartbeat_key)
