@@ -4,12 +4,22 @@ finish or defer. The Celery task (``tasks.py``) only turns a :class:`Defer` into
 
 A :class:`Defer` is a signal, not an error: the job is re-published with a countdown so it
 holds no worker slot while it waits (for its turn, for quota, for a pause, or a backoff).
+
+One job id is one job: every delivery runs under a :class:`Lease` (``sequencing.lua``). Only
+the delivery holding the job's lease calls Fin or records an outcome; a second delivery of the
+same job while the holder lives (two copies of one message in the queue) is deferred
+(``wait_lease``) and later finds the outcome (``dup``). A delivery that is re-published without
+an outcome releases the lease before it returns its :class:`Defer`, so its own re-publication
+can take it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,20 +33,26 @@ from fin_relay.contract.errors import (
 )
 from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, complete_timestamps, format_fin_time
 from fin_relay.contract.jobs import validate_task
-from fin_relay.contract.names import TASK_OPERATIONS
-from fin_relay.worker import lua, metrics
+from fin_relay.contract.names import TASK_OPERATIONS, Names
+from fin_relay.worker import lua, metrics, transport
 from fin_relay.worker.fin_client import CallObservation
 from fin_relay.worker.outcomes import JobContext, Outcome, finish
 from fin_relay.worker.rate_limit import Acquired
-from fin_relay.worker.retries import defer_delay_s, longest_countdown_s, plan_retry
+from fin_relay.worker.retries import defer_delay_s, lease_s, longest_countdown_s, plan_retry
 from fin_relay.worker.runtime import Runtime
-from fin_relay.worker.sequencing import WAIT_DECISIONS, Check
+from fin_relay.worker.sequencing import WAIT_DECISIONS, WAIT_LEASE, Check, Lease
 
 log = logging.getLogger("fin_relay.worker.calls")
 
 #: Waits for quota shorter than this are slept in the worker thread; longer ones re-publish.
 INLINE_WAIT_MAX_MS = 1000
 AMBIGUOUS_FIELD = "ambiguous_since_ms"
+
+#: Lease owners are unique per delivery: pid, a token of this import and a counter (two threads
+#: of one worker running two copies of one message get different owners; so do two prefork
+#: children, which inherit the token and the counter from their parent but not its pid).
+_PROCESS_TOKEN = uuid.uuid4().hex[:8]
+_deliveries = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,99 @@ def _countdown(rt: Runtime, seconds: float) -> float:
     return max(0.01, min(seconds + jitter, longest_countdown_s(rt.settings)))
 
 
+def new_lease(names: Names, hostname: str | None) -> Lease:
+    """The lease owner of one delivery: the worker's heartbeat key (``hostname`` is the Celery
+    node name the heartbeat uses; its expiry frees the lease of a killed worker) and a token
+    unique to this delivery."""
+    heartbeat = names.worker_heartbeat(hostname) if hostname else ""
+    # This process's broker owner id (random per process, also in its heartbeat's JSON): a
+    # worker restarted under the same hostname beats the same key, but not with this id, so
+    # the killed incarnation's leases are free at once.
+    incarnation = transport.ownership().current_owner() or "-"
+    delivery = f"{os.getpid()}.{_PROCESS_TOKEN}.{next(_deliveries)}"
+    return Lease(owner=f"{heartbeat or '-'}|{incarnation}|{delivery}", heartbeat=heartbeat)
+
+
+def release_lease(rt: Runtime, job_id: str, lease: Lease) -> None:
+    """Free the job's lease if this delivery holds it (one round trip)."""
+    pipe = rt.redis.pipeline(transaction=False)
+    rt.sequencer.add_release(pipe, job_id, lease)
+    rt.batch.execute_pipeline(pipe)
+
+
 def run_call(
-    rt: Runtime, task: str, job_id: str, kwargs: dict[str, Any], defers: int
+    rt: Runtime,
+    task: str,
+    job_id: str,
+    kwargs: dict[str, Any],
+    defers: int,
+    *,
+    lease: Lease | None = None,
 ) -> Defer | None:
-    """Run one delivery of a call job; ``None`` when the job reached a terminal outcome."""
+    """Run one delivery of a call job; ``None`` when the job reached a terminal outcome (or
+    another delivery already recorded one). ``lease``: this delivery's (a new one if None)."""
+    lease = lease if lease is not None else new_lease(rt.names, None)
+    result = _run_call(rt, task, job_id, kwargs, defers, lease=lease)
+    if result is not None and lease.held:
+        # Re-published without an outcome and not released yet (the paths after a call
+        # release it in their own round trip): the re-publication must be able to take it.
+        release_lease(rt, job_id, lease)
+    return result
+
+
+def _gate(
+    rt: Runtime,
+    ctx: JobContext,
+    lease: Lease,
+    *,
+    conversation_id: str | None,
+    stamp: str | None = None,
+    sequence: int | None = None,
+    terminal: bool = False,
+) -> tuple[Check, Acquired | None]:
+    check, acquired = rt.gate.check_and_acquire(
+        ctx.job_id,
+        conversation_id,
+        stamp_ts=stamp,
+        sequence=sequence,
+        wait_turn=ctx.operation == "reply",
+        hold_max_ms=int(rt.settings.fin_relay_sequence_hold_max_s * 1000),
+        stamp_field=AMBIGUOUS_FIELD,
+        lease=lease,
+        lease_ms=int(lease_s(rt.settings) * 1000),
+        inline_max_ms=INLINE_WAIT_MAX_MS,
+        terminal=terminal,
+    )
+    ctx.job_hash, ctx.seq = check.job, check.seq
+    ctx.started_ms = int(check.job.get("first_seen_ms") or ctx.started_ms)
+    ctx.attempts = int(check.job.get("attempts") or 0)
+    return check, acquired
+
+
+def _not_ours(rt: Runtime, ctx: JobContext, check: Check, defers: int) -> Defer | None:
+    """For a ``dup`` (None: acknowledged, nothing sent) or ``wait_lease`` (deferred) check."""
+    if check.decision == WAIT_LEASE:
+        log.info(
+            "job=%s conv=%s op=%s another delivery of this job is in progress (%s): deferred",
+            ctx.job_id,
+            ctx.conversation_id or "-",
+            ctx.operation,
+            check.job.get("lease_owner", "?"),
+        )
+        return Defer(_countdown(rt, defer_delay_s(defers)), "lease")
+    log.info(
+        "job=%s conv=%s op=%s duplicate delivery: already %s, not sent again",
+        ctx.job_id,
+        ctx.conversation_id or "-",
+        ctx.operation,
+        check.job.get("outcome"),
+    )
+    return None
+
+
+def _run_call(
+    rt: Runtime, task: str, job_id: str, kwargs: dict[str, Any], defers: int, *, lease: Lease
+) -> Defer | None:
     operation = TASK_OPERATIONS.get(task, task)
     ctx = JobContext(
         task=task,
@@ -75,6 +180,11 @@ def run_call(
     try:
         ctx.job = validate_task(task, kwargs, rt.versions)
     except InvalidJobError as exc:
+        # Never sent, but its call.failed must be recorded once: take the lease first (no
+        # sequencing, no rate-limit slot).
+        check, _ = _gate(rt, ctx, lease, conversation_id=None, terminal=True)
+        if not check.leased:
+            return _not_ours(rt, ctx, check, defers)
         finish(rt, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
         return None
     ctx.body = ctx.job.body
@@ -85,35 +195,29 @@ def run_call(
     # Open this thread's HTTP client (first use: TLS context, pool) before a slot is taken, so
     # the time between the grant and the send stays short.
     rt.clients.get()
-    check, acquired = rt.gate.check_and_acquire(
-        job_id,
-        ctx.conversation_id,
-        stamp_ts=stamp,
+    # An expired job records call.failed without calling: it takes the lease (and no slot)
+    # even while it would wait for its order or turn.
+    expired = ctx.job.options.expired()
+    check, acquired = _gate(
+        rt,
+        ctx,
+        lease,
+        conversation_id=ctx.conversation_id,
+        stamp=stamp,
         sequence=ctx.job.options.sequence,
-        wait_turn=operation == "reply",
-        hold_max_ms=int(rt.settings.fin_relay_sequence_hold_max_s * 1000),
-        stamp_field=AMBIGUOUS_FIELD,
+        terminal=expired,
     )
-    ctx.job_hash, ctx.seq = check.job, check.seq
-    ctx.started_ms = int(check.job.get("first_seen_ms") or ctx.started_ms)
-    ctx.attempts = int(check.job.get("attempts") or 0)
-    if check.decision == "dup":
-        log.info(
-            "job=%s conv=%s op=%s duplicate delivery: already %s, not sent again",
-            job_id,
-            ctx.conversation_id or "-",
-            operation,
-            check.job.get("outcome"),
-        )
-        return None
-    unknown = _earlier_attempt_too_old(rt, check.job)
-    if unknown is not None:
-        finish(rt, ctx, Outcome("failed", reason="outcome_unknown", error={"message": unknown}))
-        return None
+    if check.decision in ("dup", WAIT_LEASE):
+        return _not_ours(rt, ctx, check, defers)
+    if check.leased:  # only the lease holder may record an outcome
+        unknown = _earlier_attempt_too_old(rt, check.job)
+        if unknown is not None:
+            finish(rt, ctx, Outcome("failed", reason="outcome_unknown", error={"message": unknown}))
+            return None
     if stamp is not None and check.ts:
         message = {k: v for k, v in ctx.body["message"].items() if k != "timestamp_ms"}
         ctx.body["message"] = complete_timestamps({**message, "timestamp": check.ts})
-    return _after_check(rt, ctx, check, defers, acquired)
+    return _after_check(rt, ctx, check, defers, acquired=acquired, lease=lease, expired=expired)
 
 
 def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | None:
@@ -142,10 +246,17 @@ def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | Non
 
 
 def _after_check(
-    rt: Runtime, ctx: JobContext, check: Check, defers: int, acquired: Acquired | None
+    rt: Runtime,
+    ctx: JobContext,
+    check: Check,
+    defers: int,
+    *,
+    acquired: Acquired | None,
+    lease: Lease,
+    expired: bool,
 ) -> Defer | None:
     assert ctx.job is not None
-    if ctx.job.options.expired():
+    if expired:  # terminal: the gate gave this delivery the lease whatever the order said
         finish(
             rt,
             ctx,
@@ -173,19 +284,24 @@ def _after_check(
         )
         rt.redis.hincrby(rt.names.worker_metrics, f"sequence_{check.decision}", 1)
         metrics.sequence_overrun()
-    return _acquire_and_call(rt, ctx, acquired)
+    return _acquire_and_call(rt, ctx, acquired, lease)
 
 
-def _acquire_and_call(rt: Runtime, ctx: JobContext, acquired: Acquired | None) -> Defer | None:
+def _acquire_and_call(
+    rt: Runtime, ctx: JobContext, acquired: Acquired | None, lease: Lease
+) -> Defer | None:
     """Call Fin with the slot the gate took, or wait for one: short waits in this thread,
-    longer ones by re-publishing the job (the slot is not held idle, nothing spins)."""
+    longer ones by re-publishing the job (the slot is not held idle, nothing spins).
+
+    The lease is held throughout (a go decision took it; the gate released it only with a
+    wait this loop does not sleep, so the loop returns a Defer at once then)."""
     job_key = rt.names.job(ctx.job_id)
     for _ in range(3):
         if acquired is None:
             acquired = rt.limiter.acquire(job_key, AMBIGUOUS_FIELD)
         if acquired.go:
             if acquired.probe or not rt.limiter.stale(acquired):
-                return _call(rt, ctx, acquired)
+                return _call(rt, ctx, acquired, lease)
             # Held up since the grant: the request would reach Fin in a window this slot does
             # not cover. Take a slot in the window it will land in (the old one stays spent).
             log.info("job=%s rate-limit slot went stale before sending; re-acquiring", ctx.job_id)
@@ -202,7 +318,7 @@ def _acquire_and_call(rt: Runtime, ctx: JobContext, acquired: Acquired | None) -
     return Defer(_countdown(rt, acquired.wait_ms / 1000.0), acquired.why)
 
 
-def _call(rt: Runtime, ctx: JobContext, slot: Acquired) -> Defer | None:
+def _call(rt: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer | None:
     assert ctx.job is not None
     observed = CallObservation()
     was_ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
@@ -210,11 +326,11 @@ def _call(rt: Runtime, ctx: JobContext, slot: Acquired) -> Defer | None:
     try:
         reply = rt.clients.get().post(ctx.job.path, ctx.body, observed, ctx.job.version)
     except RateLimitedError as exc:
-        return _rate_limited(rt, ctx, exc, observed, was_ambiguous)
+        return _rate_limited(rt, ctx, exc, observed, was_ambiguous, lease=lease)
     except AuthError as exc:
-        return _auth_failed(rt, ctx, exc, observed, was_ambiguous)
+        return _auth_failed(rt, ctx, exc, observed, was_ambiguous, lease=lease)
     except RetryableError as exc:
-        return _retryable(rt, ctx, exc, observed, slot)
+        return _retryable(rt, ctx, exc, observed, slot, lease=lease)
     except PermanentError as exc:
         error = {
             "message": str(exc),
@@ -261,8 +377,10 @@ def _record_attempt(
     failure: bool,
     clear_ambiguous: bool,
     slot: Acquired | None = None,
+    release: Lease | None = None,
 ) -> int:
-    """One round trip: count the attempt (and failure), learn from headers. Returns failures."""
+    """One round trip: count the attempt (and failure), learn from headers, and release the
+    lease of a delivery about to be re-published. Returns failures."""
     job_key = rt.names.job(ctx.job_id)
     pipe = rt.redis.pipeline(transaction=False)
     pipe.hincrby(job_key, "attempts", 1)
@@ -270,6 +388,8 @@ def _record_attempt(
     if clear_ambiguous:
         pipe.hdel(job_key, AMBIGUOUS_FIELD)  # Fin answered "not accepted": nothing ambiguous yet
     rt.limiter.add_observe(pipe, observed.rate, slot)
+    if release is not None:
+        rt.sequencer.add_release(pipe, ctx.job_id, release)  # after everything else it records
     results = lua.execute(rt.redis, pipe)
     return int(results[1])
 
@@ -280,12 +400,16 @@ def _rate_limited(
     exc: RateLimitedError,
     observed: CallObservation,
     was_ambiguous: str | None,
+    *,
+    lease: Lease,
 ) -> Defer:
     delay_s = exc.delay_s if exc.delay_s is not None else rt.limiter.window_ms / 1000.0
     rt.limiter.pause(int(delay_s * 1000) + 50)
     metrics.rate_limited()
     metrics.retry("rate_limited")
-    _record_attempt(rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None)
+    _record_attempt(
+        rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
+    )
     log.info(
         "job=%s conv=%s op=%s 429 from Fin: fleet paused %.2f s (request_id=%s)",
         ctx.job_id,
@@ -303,9 +427,13 @@ def _auth_failed(
     exc: AuthError,
     observed: CallObservation,
     was_ambiguous: str | None,
+    *,
+    lease: Lease,
 ) -> Defer:
     fresh = rt.limiter.auth_failed()
-    _record_attempt(rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None)
+    _record_attempt(
+        rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
+    )
     if fresh:
         rt.redis.hincrby(rt.names.worker_metrics, "auth_pauses", 1)
         message = (
@@ -320,9 +448,18 @@ def _auth_failed(
 
 
 def _retryable(
-    rt: Runtime, ctx: JobContext, exc: RetryableError, observed: CallObservation, slot: Acquired
+    rt: Runtime,
+    ctx: JobContext,
+    exc: RetryableError,
+    observed: CallObservation,
+    slot: Acquired,
+    *,
+    lease: Lease,
 ) -> Defer | None:
-    failures = _record_attempt(rt, ctx, observed, failure=True, clear_ambiguous=False, slot=slot)
+    # The holder of the lease is the only writer of the job's counters: the failure count is
+    # known before the round trip that records it, so that round trip can also release the
+    # lease when the job is re-published (and keep it when the job is dead-lettered now).
+    failures = int(ctx.job_hash.get("failures") or 0) + 1
     ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
     plan = plan_retry(
         failures=failures,
@@ -331,6 +468,10 @@ def _retryable(
         now_ms=_now_ms(),
         settings=rt.settings,
         rng=rt.rng,
+    )
+    release = None if plan.give_up else lease
+    _record_attempt(
+        rt, ctx, observed, failure=True, clear_ambiguous=False, slot=slot, release=release
     )
     if plan.give_up:
         error = {

@@ -2,13 +2,19 @@
 
 ``sequencing.lua`` and ``rate_limit.lua`` stay separate files (each readable and tested on its
 own); this module composes them into one script: each body becomes a local Lua function taking
-its own KEYS/ARGV, and the limiter runs only when sequencing says the job may go. That saves a
-round trip on every job (the worker's hot path is bound by Redis round trips and CPU).
+its own KEYS/ARGV, and the limiter runs only when sequencing says the job may go (and the
+delivery is not a terminal one that records an outcome without calling). That saves a round
+trip on every job (the worker's hot path is bound by Redis round trips and CPU).
+
+The job's lease (``sequencing.lua``) is taken by the sequencing check; when the limiter then
+says the job must be re-published (a wait of at least ``inline_max_ms``, or the auth pause),
+the same script releases it again, so such a deferral costs no extra round trip.
 
 Composite script: KEYS = sequencing's 5 keys + the limiter's 3 keys; ARGV[1] = the number of
-sequencing arguments n, ARGV[2..n+1] = sequencing's ARGV, the rest = the limiter's ARGV.
-Returns sequencing's reply, plus (when it said go) the limiter's reply appended as
-``"__rl__", wait_ms, why, now_ms``.
+sequencing arguments n, ARGV[2] = inline_max_ms, ARGV[3..n+2] = sequencing's ARGV, the rest =
+the limiter's ARGV. Returns sequencing's reply (its ``leased`` flag cleared when the lease was
+released), plus (when it said go) the limiter's reply appended as ``"__rl__", wait_ms, why,
+now_ms``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ from fin_relay.contract.names import Names
 from fin_relay.worker import lua
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.rate_limit import Acquired, RateLimiter
-from fin_relay.worker.sequencing import GO_DECISIONS, SEQ_KEY_COUNT, Check, Sequencer
+from fin_relay.worker.sequencing import (
+    CHECK_FIELDS_AT,
+    CHECK_LEASED_AT,
+    CHECK_OWNER_ARG,
+    CHECK_TERMINAL_ARG,
+    GO_DECISIONS,
+    SEQ_KEY_COUNT,
+    Check,
+    Lease,
+    Sequencer,
+)
 
 _HERE = Path(__file__).parent
 MARK = "__rl__"
@@ -32,6 +48,10 @@ def _as_function(name: str, source: str) -> str:
     return f"local function {name}(KEYS, ARGV)\n{source}\nend\n"
 
 
+#: Position of the ``leased`` flag in the "check" reply, 1-based as the Lua sees it.
+LEASED_AT = CHECK_LEASED_AT + 1
+
+
 def composite_source() -> str:
     """The Lua source of the composed gate script."""
     go = ", ".join(f"{d}=true" for d in sorted(GO_DECISIONS))
@@ -39,16 +59,22 @@ def composite_source() -> str:
         _as_function("sequencing", (_HERE / "sequencing.lua").read_text())
         + _as_function("rate_limit", (_HERE / "rate_limit.lua").read_text())
         + f"""
-local n = tonumber(ARGV[1])
+local n, inline_max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local seq_keys, rl_keys, seq_args, rl_args = {{}}, {{}}, {{}}, {{}}
 for i = 1, {SEQ_KEY_COUNT} do seq_keys[i] = KEYS[i] end
 for i = {SEQ_KEY_COUNT} + 1, #KEYS do rl_keys[#rl_keys + 1] = KEYS[i] end
-for i = 2, n + 1 do seq_args[#seq_args + 1] = ARGV[i] end
-for i = n + 2, #ARGV do rl_args[#rl_args + 1] = ARGV[i] end
+for i = 3, n + 2 do seq_args[#seq_args + 1] = ARGV[i] end
+for i = n + 3, #ARGV do rl_args[#rl_args + 1] = ARGV[i] end
 local out = sequencing(seq_keys, seq_args)
 local go = {{{go}}}
-if go[out[1]] then
+if go[out[1]] and seq_args[{CHECK_TERMINAL_ARG}] ~= '1' then
   local rl = rate_limit(rl_keys, rl_args)
+  local wait = tonumber(rl[1])
+  if out[{LEASED_AT}] == 1 and wait > 0 and (wait >= inline_max or rl[2] == 'auth') then
+    -- re-published, not slept: free the lease for the job's own re-publication
+    sequencing(seq_keys, {{'release', seq_args[2], seq_args[{CHECK_OWNER_ARG}]}})
+    out[{LEASED_AT}] = 0
+  end
   out[#out + 1] = '{MARK}'
   for i = 1, #rl do out[#out + 1] = rl[i] end
 end
@@ -58,7 +84,8 @@ return out
 
 
 class Gate:
-    """``check_and_acquire``: may this job call Fin now, and if so, take a rate-limit slot."""
+    """``check_and_acquire``: may this job call Fin now (taking its lease), and if so, take a
+    rate-limit slot."""
 
     def __init__(
         self,
@@ -84,7 +111,15 @@ class Gate:
         wait_turn: bool,
         hold_max_ms: int,
         stamp_field: str,
+        lease: Lease,
+        lease_ms: int,
+        inline_max_ms: int,
+        terminal: bool = False,
     ) -> tuple[Check, Acquired | None]:
+        """One round trip: the sequencing check (taking ``lease`` when this delivery may call
+        Fin or record an outcome) and, when it says go and the delivery is not ``terminal``,
+        the limiter's acquire. A limiter wait of ``inline_max_ms`` or more (or the auth pause)
+        releases the lease in the same script. Sets ``lease.held``."""
         seq_keys, seq_args = self._sequencer.check_call(
             job_id,
             conversation_id,
@@ -92,15 +127,21 @@ class Gate:
             sequence=sequence,
             wait_turn=wait_turn,
             hold_max_ms=hold_max_ms,
+            lease=lease,
+            lease_ms=lease_ms,
+            terminal=terminal,
         )
         rl_keys, rl_args = self._limiter.acquire_call(self._names.job(job_id), stamp_field)
-        keys, args = [*seq_keys, *rl_keys], [len(seq_args), *seq_args, *rl_args]
+        keys = [*seq_keys, *rl_keys]
+        args = [len(seq_args), inline_max_ms, *seq_args, *rl_args]
         # shares a round trip with the other threads' gate calls and outcomes
         raw: list[Any]
         (raw,) = self._batch.execute([(("EVALSHA", self._script.sha, len(keys), *keys, *args), {})])
         acquired = None
-        if MARK in raw[5:]:
+        if MARK in raw[CHECK_FIELDS_AT:]:
             at = len(raw) - 1 - raw[::-1].index(MARK)
             acquired = RateLimiter.parse_acquired(raw[at + 1 :])
             raw = raw[:at]
-        return Sequencer.parse_check(raw), acquired
+        check = Sequencer.parse_check(raw)
+        lease.held = check.leased
+        return check, acquired

@@ -84,3 +84,21 @@ def longest_countdown_s(settings: WorkerSettings) -> float:
     waiting for its countdown is unacked).
     """
     return max(settings.fin_relay_backoff_max_s, settings.fin_relay_auth_probe_interval_s)
+
+
+#: What a delivery may spend besides its HTTP call while holding its job's lease: up to three
+#: in-thread quota waits under 1 s each, and its Redis round trips.
+LEASE_MARGIN_S = 5.0
+
+
+def lease_s(settings: WorkerSettings) -> float:
+    """Longest life of a job's lease (``sequencing.lua``): the longest one delivery can run.
+
+    A lease is normally freed sooner: by its holder (outcome recorded, or re-published), or
+    when the holder's worker heartbeat expires (a killed worker). This bound covers the rest
+    (a worker restarted under the same hostname, a holder that could not release it): at least
+    the task time limit and the longest HTTP call (connect + write + read timeouts), plus
+    :data:`LEASE_MARGIN_S`.
+    """
+    http_s = settings.fin_relay_connect_timeout_s + 2 * settings.fin_relay_read_timeout_s
+    return max(settings.fin_relay_task_time_limit_s, http_s) + LEASE_MARGIN_S

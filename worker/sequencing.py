@@ -5,6 +5,10 @@ Guarantee (see docs/worker.md): the calls of one conversation reach Fin one at a
 sequence order, across all workers; a reply waits until Fin finished the previous turn. The
 sequence order is the producer's (``relay.sequence``, taken atomically with the enqueue) or,
 for jobs sent without one, the order in which workers first receive them.
+
+The same check takes the job's **lease** (one job id is one job): of two deliveries of one job
+alive at once (two copies of a message in the queue), only the lease holder calls Fin or
+records an outcome; the other is told ``wait_lease`` (see ``sequencing.lua``).
 """
 
 from __future__ import annotations
@@ -26,11 +30,33 @@ _STATE_SCRIPT = (Path(__file__).parent / "conversation_state.lua").read_text()
 
 GO_DECISIONS = frozenset({"go", "forced_order", "forced_turn"})
 SEQ_KEY_COUNT = 5
-WAIT_DECISIONS = frozenset({"wait_order", "wait_turn"})
+#: Another live delivery of the same job holds its lease: defer, then see its outcome.
+WAIT_LEASE = "wait_lease"
+WAIT_DECISIONS = frozenset({"wait_order", "wait_turn", WAIT_LEASE})
+#: Index of the lease owner in the "check" ARGV (1-based, as the Lua sees it).
+CHECK_OWNER_ARG = 8
+#: Index of the terminal flag in the "check" ARGV (1-based).
+CHECK_TERMINAL_ARG = 11
+#: Index of the ``leased`` flag in the "check" reply, and where the job hash's fields start
+#: (0-based).
+CHECK_LEASED_AT = 5
+CHECK_FIELDS_AT = 6
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Lease:
+    """One delivery's claim on its job: ``owner`` is unique per delivery (two threads of one
+    worker running two copies of a message differ); ``heartbeat`` is the owner's worker
+    heartbeat key (``names.worker_heartbeat``; "" = none), whose expiry frees the lease of a
+    killed worker. ``held``: this delivery holds the lease now (as far as it knows)."""
+
+    owner: str
+    heartbeat: str = ""
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,7 @@ class Check:
     next_seq: int
     waited_ms: int
     job: dict[str, str]
+    leased: bool = False
 
     @property
     def go(self) -> bool:
@@ -92,8 +119,16 @@ class Sequencer:
         sequence: int | None,
         wait_turn: bool,
         hold_max_ms: int,
+        lease: Lease | None = None,
+        lease_ms: int = 0,
+        terminal: bool = False,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the "check" command (for this script or the composed gate)."""
+        """KEYS and ARGV of the "check" command (for this script or the composed gate).
+
+        ``lease``: take the job's lease for this delivery (``None``: take none, only report
+        ``wait_lease`` when another delivery holds it); ``lease_ms``: its longest life;
+        ``terminal``: this delivery records an outcome without calling Fin, so it takes the
+        lease even when it would wait for its order or turn."""
         args: list[Any] = [
             "check",
             self._ttl_s,
@@ -102,13 +137,17 @@ class Sequencer:
             "1" if wait_turn else "0",
             hold_max_ms,
             "1" if conversation_id else "0",
+            lease.owner if lease is not None else "",
+            lease.heartbeat if lease is not None else "",
+            lease_ms,
+            "1" if terminal else "0",
         ]
         return self._keys(job_id, conversation_id), args
 
     @staticmethod
     def parse_check(raw: list[Any]) -> Check:
         """Decode the "check" reply."""
-        fields = [_s(v) for v in raw[5:]]
+        fields = [_s(v) for v in raw[CHECK_FIELDS_AT:]]
         return Check(
             decision=_s(raw[0]),
             ts=_s(raw[1]) or None,
@@ -116,6 +155,7 @@ class Sequencer:
             next_seq=int(raw[3]),
             waited_ms=int(raw[4]),
             job=dict(zip(fields[::2], fields[1::2], strict=True)),
+            leased=int(raw[CHECK_LEASED_AT]) == 1,
         )
 
     def check(
@@ -127,9 +167,13 @@ class Sequencer:
         sequence: int | None,
         wait_turn: bool,
         hold_max_ms: int,
+        lease: Lease | None = None,
+        lease_ms: int = 0,
+        terminal: bool = False,
     ) -> Check:
         """Record the job (first-seen time, stamped timestamp, sequence) and say whether it may
-        call Fin now. Also returns the job hash (one round trip for all of it)."""
+        call Fin now, taking its lease for ``lease`` (see :meth:`check_call`). Also returns the
+        job hash (one round trip for all of it)."""
         keys, args = self.check_call(
             job_id,
             conversation_id,
@@ -137,8 +181,27 @@ class Sequencer:
             sequence=sequence,
             wait_turn=wait_turn,
             hold_max_ms=hold_max_ms,
+            lease=lease,
+            lease_ms=lease_ms,
+            terminal=terminal,
         )
-        return self.parse_check(self._seq(keys=keys, args=args))
+        check = self.parse_check(self._seq(keys=keys, args=args))
+        if lease is not None:
+            lease.held = check.leased
+        return check
+
+    def add_release(self, pipe: Any, job_id: str, lease: Lease) -> None:
+        """Queue "free the job's lease if ``lease`` holds it" on a pipeline (a delivery that
+        ends without an outcome, before its job is re-published)."""
+        lua.queue(pipe, self._seq, self._keys(job_id, None), ["release", self._ttl_s, lease.owner])
+        lease.held = False
+
+    def release(self, job_id: str, lease: Lease) -> bool:
+        """Free the job's lease if ``lease`` holds it (True when it did)."""
+        lease.held = False
+        keys = self._keys(job_id, None)
+        (freed,) = self._seq(keys=keys, args=["release", self._ttl_s, lease.owner])
+        return int(freed) == 1
 
     def add_done(self, pipe: Any, job_id: str, conversation_id: str, seq: int) -> None:
         """Queue "this sequence number finished" on a pipeline (``next`` skips past it)."""

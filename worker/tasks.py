@@ -5,6 +5,7 @@ Task and queue names are fixed by the wire contract (``contract.names``); kwargs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -13,9 +14,10 @@ import redis
 from celery import Celery, Task
 
 from fin_relay.contract.names import CALL_TASKS, TASK_EVENT, TASK_QUEUES
-from fin_relay.worker.calls import run_call
+from fin_relay.worker.calls import new_lease, release_lease, run_call
 from fin_relay.worker.events import run_event
 from fin_relay.worker.runtime import get_runtime
+from fin_relay.worker.sequencing import Lease
 
 log = logging.getLogger("fin_relay.worker.tasks")
 
@@ -43,12 +45,24 @@ def _await_redis(max_wait_s: float) -> bool:
     return False
 
 
-def _redis_down(task: Task, exc: Exception) -> None:
+def _release(job_id: str, lease: Lease | None) -> None:
+    """Best effort: free the job's lease before the job is re-published after an error (the
+    gate may have taken it even if its reply was lost). If this fails too, the lease ends when
+    it expires (``retries.lease_s``) and the re-published job is deferred until then."""
+    if lease is None:
+        return
+    with contextlib.suppress(redis.RedisError):
+        release_lease(get_runtime(), job_id, lease)
+
+
+def _redis_down(task: Task, exc: Exception, lease: Lease | None = None) -> None:
     request = task.request
     runtime = get_runtime()
     max_wait_s = min(120.0, runtime.settings.fin_relay_visibility_timeout_s / 2)
     log.warning("job=%s redis error, holding the job until Redis answers: %s", request.id, exc)
-    if not _await_redis(max_wait_s):
+    if _await_redis(max_wait_s):
+        _release(request.id, lease)
+    else:
         log.error(
             "job=%s Redis still down after %.0f s; the broker redelivers the job after "
             "the visibility timeout",
@@ -59,14 +73,23 @@ def _redis_down(task: Task, exc: Exception) -> None:
 
 
 def call_task(task: Task, **kwargs: Any) -> None:
-    """Body of every ``fin.*`` call task: one attempt; a deferral becomes ``task.retry``."""
+    """Body of every ``fin.*`` call task: one attempt; a deferral becomes ``task.retry``.
+
+    Each delivery runs under its own lease of the job (``calls``): owned by this worker's
+    heartbeat key (``request.hostname`` is the node name the heartbeat is written under) and
+    a token unique to this delivery. It is released before any re-publication below.
+    """
     request = task.request
+    lease: Lease | None = None
     try:
-        defer = run_call(get_runtime(), task.name, request.id, kwargs, request.retries or 0)
+        runtime = get_runtime()
+        lease = new_lease(runtime.names, request.hostname)
+        defer = run_call(runtime, task.name, request.id, kwargs, request.retries or 0, lease=lease)
     except redis.RedisError as exc:
-        _redis_down(task, exc)  # keeps the job: waits for Redis, then re-publishes
+        _redis_down(task, exc, lease)  # keeps the job: waits for Redis, then re-publishes
     except Exception:
         log.exception("job=%s unexpected error; kept and retried", request.id)
+        _release(request.id, lease)
         raise task.retry(countdown=_unexpected_countdown_s(request.retries or 0)) from None
     if defer is not None:
         log.debug("job=%s deferred %.2f s (%s)", request.id, defer.countdown_s, defer.reason)
