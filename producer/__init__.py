@@ -1,6 +1,6 @@
 """The producer: enqueue Fin calls from any service; consume what fin-relay publishes.
 
-Never imports the worker (``design.md``: a service that only enqueues does not pull it in).
+Never imports the worker: a service that only enqueues does not pull in its HTTP client.
 """
 
 from fin_relay.contract.conversation import ConversationState

@@ -1,7 +1,7 @@
 """Turning a caller's arguments into a Celery job, as pure functions (no I/O).
 
 The sync and async producers, the Celery fallback and the CLI all go through :func:`prepare`,
-so validation, timestamp stamping and the ``relay`` options are written once (style.md: thin
+so validation, timestamp stamping and the ``relay`` options are written once (thin
 sync/async shells over shared pure functions).
 """
 

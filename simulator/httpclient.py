@@ -1,6 +1,6 @@
 """A minimal HTTP/1.1 keep-alive POST client on asyncio + httptools, for webhook delivery.
 
-Why not httpx for every POST: a baseline measurement found about 455 µs of client CPU per httpx
+Why not httpx for every POST: a measurement found about 455 µs of client CPU per httpx
 request and an O(N²) pool scan with many connections; at thousands of webhooks per second that
 would make the simulator the bottleneck. This client costs a few tens of µs per request. It
 supports ``http://`` only; the dispatcher uses one shared ``httpx.AsyncClient`` for ``https://``

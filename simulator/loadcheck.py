@@ -50,7 +50,7 @@ end
 
 
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The reference: read the body, sleep 50 ms, answer a small JSON (like baseline 4d)."""
+    """The reference: read the body, sleep 50 ms, answer a small JSON (the reference upstream of the worker benchmarks)."""
     if scope["type"] != "http":
         return
     more = True

@@ -1,6 +1,6 @@
 """Integration: simulator → signed webhooks → ingest → worker → ``{ns}:events``, over real HTTP
 with real Redis and a real worker: every event of a scripted conversation arrives once, in
-order, with the envelope of design.md."""
+order, with the published envelope of the wire contract."""
 
 from __future__ import annotations
 
