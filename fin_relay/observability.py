@@ -2,9 +2,16 @@
 
 * :func:`configure_logging`: one structured line per event; JSON when stderr is not a terminal.
 * :func:`init_sentry`: enabled only when ``SENTRY_DSN`` is set; tracing sampled at
-  ``FIN_RELAY_TRACES_SAMPLE_RATE`` (default 0: the baseline measured Celery tracing at up to
+  ``FIN_RELAY_TRACES_SAMPLE_RATE`` (default 0: measured Celery tracing at up to
   0.85 ms per task). A ``before_send`` scrubber removes the bearer token, webhook secrets,
-  signature headers, message bodies and task arguments (customer data) from every event.
+  signature headers, message bodies and task arguments (customer data) from every event,
+  transaction and log (``before_send_log``), including log messages' parameters and the
+  breadcrumbs of earlier log lines. Trace headers (``sentry-trace``, ``baggage``) are sent to no
+  host (``trace_propagation_targets=[]``): the Sentry SDK would otherwise add them to every
+  request to Fin, tracing on or off.
+* :func:`install_log_redaction`: a logging filter on Celery's and kombu's loggers (and on the
+  handlers fin-relay installs) so no log line carries task arguments or message bodies: Celery
+  logs the whole body of a message it cannot run, and task arguments in some records' data.
 * Metrics: the counters and histograms below, shared by the ingest and the workers. With
   ``PROMETHEUS_MULTIPROC_DIR`` set, values from every process are aggregated at scrape time.
 """
@@ -91,6 +98,97 @@ def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    install_log_redaction(handler)
+
+
+# --- keeping customer data out of log records -----------------------------------------------
+
+#: Text of Celery's log messages that dump a whole message (body, headers, delivery info):
+#: "Received unregistered task", "Received invalid task message", "Can't decode message
+#: body", "Received and deleted unknown message".
+_BODY_DUMP_MARKERS = (
+    "The full contents of the message body",
+    "Can't decode message body",
+    "Received and deleted unknown message",
+)
+_BODY_DUMP_NOTE = "a message that is not a valid job was refused (%s); its contents are not logged"
+#: Celery's and kombu's loggers that may log task arguments or message bodies; a filter on a
+#: logger also runs before Sentry's logging integration sees the record.
+_REDACTED_LOGGERS = (
+    "celery",
+    "celery.app.trace",
+    "celery.worker",
+    "celery.worker.consumer",
+    "celery.worker.consumer.consumer",
+    "celery.worker.consumer.tasks",
+    "celery.worker.request",
+    "celery.worker.strategy",
+    "celery.worker.control",
+    "celery.pool",
+    "celery.task",
+    "celery.redirected",
+    "kombu",
+    "kombu.messaging",
+    "kombu.transport.virtual",
+    "kombu.transport.redis",
+)
+
+
+def _dumps_body(text: object) -> bool:
+    return isinstance(text, str) and any(marker in text for marker in _BODY_DUMP_MARKERS)
+
+
+def _without_task_args(value: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: (REDACTED if k in _TASK_ARG_KEYS else v) for k, v in value.items()}
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Remove task arguments and message bodies from ``record``, in place (and return it).
+
+    * a Celery message dumping a whole message becomes one line naming only the exception
+      type (its traceback is dropped too: the exception text may quote the body);
+    * ``args``/``kwargs`` in the record's format arguments (Celery's task-trace records pass a
+      dict holding both) or in its ``data`` extra are replaced by ``[redacted]``.
+    """
+    if _dumps_body(record.msg) or _dumps_body(getattr(record, "message", None)):
+        first = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        cause = type(first).__name__ if isinstance(first, BaseException) else "unreadable"
+        if record.exc_info and record.exc_info[1] is not None:
+            cause = type(record.exc_info[1]).__name__
+        record.msg, record.args = _BODY_DUMP_NOTE, (cause,)
+        record.exc_info, record.exc_text = None, None
+        if hasattr(record, "message"):
+            record.message = record.getMessage()
+    elif isinstance(record.args, dict) and any(k in record.args for k in _TASK_ARG_KEYS):
+        record.args = _without_task_args(record.args)
+    data = getattr(record, "data", None)
+    if isinstance(data, dict) and any(k in data for k in _TASK_ARG_KEYS):
+        record.data = _without_task_args(data)
+    return record
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that keeps every record, minus task arguments and message bodies."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+_REDACT = RedactFilter()
+
+
+def install_log_redaction(*handlers: logging.Handler) -> None:
+    """Put :class:`RedactFilter` on Celery's and kombu's loggers and on ``handlers``
+    (idempotent). Records of those loggers are redacted before any handler or Sentry sees
+    them; a handler's filter covers every record it writes."""
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+    for handler in handlers:
+        if _REDACT not in handler.filters:
+            handler.addFilter(_REDACT)
 
 
 # --- Sentry --------------------------------------------------------------------------------
@@ -148,20 +246,93 @@ def _scrub(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
     return value
 
 
+def _scrub_log_texts(event: dict[str, Any]) -> None:
+    """Log-derived text of an event: a Celery message dumping a message body is replaced, and
+    the format parameters are dropped (``formatted`` already holds the message)."""
+    for key in ("logentry", "message"):
+        entry = event.get(key)
+        if isinstance(entry, dict):
+            if any(_dumps_body(entry.get(k)) for k in ("message", "formatted")):
+                entry["message"] = entry["formatted"] = _BODY_DUMP_NOTE % "see the worker log"
+            if "params" in entry:
+                entry["params"] = []
+        elif _dumps_body(entry):
+            event[key] = _BODY_DUMP_NOTE % "see the worker log"
+    crumbs = event.get("breadcrumbs")
+    values = crumbs.get("values") if isinstance(crumbs, dict) else crumbs
+    if isinstance(values, list):
+        for crumb in values:
+            if isinstance(crumb, dict) and _dumps_body(crumb.get("message")):
+                crumb["message"] = _BODY_DUMP_NOTE % "see the worker log"
+
+
 def make_scrubber(secrets: Iterable[str]) -> Any:
     """A Sentry ``before_send`` that removes secrets and customer data from an event."""
     known = tuple(s for s in secrets if s and len(s) >= 4)
 
     def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+        _scrub_log_texts(event)
         scrubbed: dict[str, Any] = _scrub(event, known)
         return scrubbed
 
     return before_send
 
 
+#: Sentry log attributes holding a log call's format arguments (the body has them already).
+_LOG_PARAMETER_PREFIX = "sentry.message.parameter."
+
+
+def make_log_scrubber(secrets: Iterable[str]) -> Any:
+    """A Sentry ``before_send_log`` (Sentry Logs, off unless enabled): the same scrubbing for
+    a log's body and attributes; its format parameters are dropped."""
+    known = tuple(s for s in secrets if s and len(s) >= 4)
+
+    def before_send_log(log: Any, hint: Any) -> Any:
+        if not isinstance(log, dict):
+            return log
+        body = log.get("body")
+        if _dumps_body(body):
+            log["body"] = _BODY_DUMP_NOTE % "see the worker log"
+        elif isinstance(body, str):  # the log's text itself: only secrets are cut out
+            log["body"] = _scrub(body, known)
+        attributes = log.get("attributes")
+        if isinstance(attributes, dict):
+            for key in list(attributes):
+                name = str(key)
+                last = name.rsplit(".", 1)[-1].lower()
+                parameter = name.startswith(_LOG_PARAMETER_PREFIX)
+                if parameter or last in _SENSITIVE_KEYS or _dumps_body(attributes[key]):
+                    attributes[key] = REDACTED
+            log["attributes"] = _scrub(attributes, known)
+        return log
+
+    return before_send_log
+
+
 #: Settings/env vars whose values are secrets: scrubbed from every Sentry event, even in a
 #: process that does not use them itself (the worker never needs the webhook secrets).
 _SECRET_VARS = ("fin_api_token", "fin_webhook_secrets", "sentry_dsn")
+
+
+def _url_passwords(settings: Any) -> list[str]:
+    """The passwords in the Redis and broker URLs (``redis://user:password@host``), from the
+    settings and the environment: scrubbed like every other secret."""
+    from urllib.parse import unquote, urlsplit
+
+    urls = [getattr(settings, attr, None) for attr in ("redis_url", "fin_broker_url")]
+    urls += [os.environ.get(var, "") for var in ("REDIS_URL", "FIN_BROKER_URL")]
+    found: list[str] = []
+    for url in urls:
+        if not isinstance(url, str) or "@" not in url:
+            continue
+        for part in url.split(";"):  # sentinel://a;sentinel://b
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:
+                continue
+            if password:
+                found += [password, unquote(password)]
+    return found
 
 
 def init_sentry(
@@ -191,6 +362,7 @@ def init_sentry(
     for raw in raw_values:
         all_secrets.append(raw)
         all_secrets.extend(part.strip() for part in raw.split(","))
+    all_secrets.extend(_url_passwords(settings))
     sentry_sdk.init(
         dsn=dsn.get_secret_value(),
         environment=getattr(settings, "fin_relay_environment", "production"),
@@ -200,9 +372,15 @@ def init_sentry(
         integrations=integrations,
         before_send=make_scrubber(all_secrets),
         before_send_transaction=make_scrubber(all_secrets),
+        before_send_log=make_log_scrubber(all_secrets),
+        # No sentry-trace/baggage header on any outgoing request (the SDK's default adds them
+        # to every request, Fin's included, even with tracing off): fin-relay decides where
+        # trace headers go, and today that is nowhere.
+        trace_propagation_targets=[],
         transport=transport,
         server_name=f"fin-relay-{component}",
     )
+    install_log_redaction()
     sentry_sdk.set_tag("component", component)
     return True
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.envelope import Envelope, stream_conversation_id
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import ProducerSettings, load
@@ -82,8 +82,9 @@ def tail(
         for stream, entries in reply or []:
             for entry_id, fields in entries:
                 positions[_text(stream)] = _text(entry_id)
-                conv = _text(fields.get(b"conversation_id", fields.get("conversation_id", "")))
-                if conversation is not None and conv != conversation:
+                # the entry's field, checked before parsing JSON: absent when the envelope's
+                # conversation_id is null, so such an entry matches no --conversation
+                if conversation is not None and stream_conversation_id(fields) != conversation:
                     continue
                 try:
                     envelope = Envelope.from_stream_fields(fields)

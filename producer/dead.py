@@ -10,6 +10,11 @@ plus ``{ns}:deadpayload:{dead_id}``: the original task, task id, queue and keywo
   payload) once the replayed job succeeds; a replay that fails again is dead-lettered again.
 * an event (``fin.event``): re-enqueued, and its old dead entry removed now (the worker has
   no success hook for events; if it fails again it is dead-lettered afresh).
+
+A message that was not a valid job (``worker/offcontract.py``: an unknown task name, positional
+arguments, an undecodable body) cannot be replayed as it was: its payload keeps what arrived
+(``args``, or the undecoded body as ``raw``) for inspection with ``dead show``, and
+:func:`replay` refuses it, saying why.
 """
 
 from __future__ import annotations
@@ -92,6 +97,15 @@ def replay(producer: Producer, dead_id: str) -> JobHandle:
     task, task_id = str(original["task"]), str(original["task_id"])
     if task not in (*CALL_TASKS.values(), TASK_EVENT):
         raise DeadLetterError(f"dead letter {dead_id!r} has an unknown task {task!r}")
+    if original.get("args"):
+        raise DeadLetterError(
+            f"dead letter {dead_id!r} was sent with positional arguments: fin-relay tasks take "
+            "keyword arguments only; re-enqueue it with keyword arguments"
+        )
+    if original.get("raw") is not None:
+        raise DeadLetterError(
+            f"dead letter {dead_id!r} has a body that could not be decoded: nothing to replay"
+        )
     job = build(
         task,
         original["kwargs"],

@@ -1,10 +1,11 @@
 """The webhook ingest: a raw ASGI app (no framework).
 
-baseline.md 4c measured the framework tax on this exact endpoint: Starlette 0.78x and FastAPI
+The framework tax measured on this exact endpoint: Starlette 0.78x and FastAPI
 0.55x of raw ASGI, so the few routes are dispatched by hand. A webhook goes through a chain of
 small named steps, each of which either passes or raises :class:`Rejected`:
 
-``check_headers`` (413 by Content-Length, 415) → ``read_rest`` (413 while streaming) →
+``check_headers`` (413 by Content-Length, 415) → ``read_rest`` (413 while streaming; 408 when
+the whole body has not arrived ``FIN_RELAY_BODY_TIMEOUT_S`` after the headers) →
 ``verify`` (401, unless the body is the settings page's test request: a JSON object without
 ``event_name``, answered 200 whatever its signature) → ``parse_body`` (400; no ``event_name`` =
 test request → 200) → ``check_replay`` (400 ``event_too_old``) → ``dedup_key`` → enqueue (atomic
@@ -14,6 +15,7 @@ other exception → 500, logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -207,6 +209,14 @@ class IngestApp:
         self.access_log = access_log if access_log is not None else AccessLog()
         self._extra = dict(extra_routes or {})
         self._clock_ms = clock_ms if clock_ms is not None else _now_ms
+        # Bodies being read: the request's task -> when its headers were complete
+        # (perf_counter). A watchdog cancels the reads older than the body timeout; see
+        # _watch_body_reads. One watchdog per event loop, started by the first request.
+        self._body_timeout_s = settings.fin_relay_body_timeout_s
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._timed_out: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def enqueuer(self) -> Enqueuer:
@@ -237,9 +247,45 @@ class IngestApp:
 
     async def aclose(self) -> None:
         """Close the Redis/broker connections and flush the access log."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.access_log.flush()
         if self._enqueuer is not None:
             await self._enqueuer.aclose()
+
+    def _track_body_read(self, started: float) -> asyncio.Task[Any] | None:
+        """Register the current request's body read with the watchdog (cheap: a dict entry;
+        no timer per request)."""
+        loop = self._loop
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:  # first request on this loop (a loop of its own per test, too)
+            loop = self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+            if task is None:  # pragma: no cover - ASGI servers run apps in tasks
+                return None
+            self._reading.clear()
+            self._timed_out.clear()
+            self._watchdog = loop.create_task(self._watch_body_reads())
+        self._reading[task] = started
+        return task
+
+    async def _watch_body_reads(self) -> None:
+        """Cancel every body read that has taken longer than the body timeout; the request
+        then answers 408 (``_webhook``). A read is in ``_reading`` only while it awaits the
+        client, so the cancellation can only land on that await."""
+        period = min(0.25, self._body_timeout_s / 4)
+        reading, timed_out = self._reading, self._timed_out
+        while True:
+            await asyncio.sleep(period)
+            if not reading:
+                continue
+            limit = time.perf_counter() - self._body_timeout_s
+            for task, started in list(reading.items()):
+                if started <= limit:
+                    del reading[task]
+                    timed_out.add(task)
+                    task.cancel()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -269,7 +315,7 @@ class IngestApp:
         outcome = _Outcome()
         headers: _Headers = ()
         try:
-            status, body = await self._process(scope, receive, outcome)
+            status, body = await self._process(scope, receive, outcome, started)
         except Rejected as rejected:
             status, body, outcome.error = rejected.status, error_body(rejected.code), rejected.code
             if status == 413:
@@ -282,6 +328,14 @@ class IngestApp:
             outcome.error = "client_disconnected"
             self._record(scope, 499, started, outcome)
             return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task not in self._timed_out:
+                raise  # not ours: the server is shutting down
+            self._timed_out.discard(task)
+            task.uncancel()
+            status, body, outcome.error = 408, error_body("body_timeout"), "body_timeout"
+            headers = _CLOSE  # the rest of the body may still come: never read it
         except Exception:
             status, body, outcome.error = 500, error_body("internal_error"), "internal_error"
             log.exception("webhook failed unexpectedly (answered 500, nothing enqueued)")
@@ -301,17 +355,22 @@ class IngestApp:
         )
 
     async def _process(
-        self, scope: Scope, receive: Receive, outcome: _Outcome
+        self, scope: Scope, receive: Receive, outcome: _Outcome, started: float
     ) -> tuple[int, bytes]:
         """The chain of steps; returns ``(status, body)`` or raises :class:`Rejected`."""
         _length, signature = check_headers(scope, self._max_body)
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            raw: bytes = message.get("body", b"")  # the usual case: the whole body at once
-            if len(raw) > self._max_body:
-                raise Rejected(413, "body_too_large")
-        else:
-            raw = await read_rest(message, receive, self._max_body)
+        task = self._track_body_read(started)
+        try:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                raw: bytes = message.get("body", b"")  # the usual case: the whole body at once
+                if len(raw) > self._max_body:
+                    raise Rejected(413, "body_too_large")
+            else:
+                raw = await read_rest(message, receive, self._max_body)
+        finally:
+            if task is not None:
+                self._reading.pop(task, None)
         if not self._verify(raw, signature):
             # Only now is an unauthenticated body looked at, and only to recognise the settings
             # page's test request, which Intercom may send unsigned or signed otherwise.

@@ -19,7 +19,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
 from fin_relay.contract.settings import WorkerSettings, load
-from fin_relay.worker import heartbeat, transport
+from fin_relay.worker import heartbeat, offcontract, transport
 from fin_relay.worker.runtime import close_runtime, get_runtime
 from fin_relay.worker.tasks import register
 
@@ -62,6 +62,10 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         ],
         "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         "task_create_missing_queues": True,
+        # Every message is screened before Celery runs it: one that is not a valid job
+        # (unknown task name, positional arguments, undecodable body) is dead-lettered instead
+        # of being logged whole and dropped (fin_relay.worker.offcontract).
+        "worker_consumer": "fin_relay.worker.offcontract:Consumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
         "enable_utc": True,
@@ -111,12 +115,29 @@ def _check_settings(**_: Any) -> None:
 
 def _structured_logs(logger: Any = None, **_: Any) -> None:
     """One structured line per record: JSON when stderr is not a terminal (log shippers),
-    readable text on a terminal (fin_relay.observability)."""
-    from fin_relay.observability import formatter
+    readable text on a terminal (fin_relay.observability); never task arguments or message
+    bodies (``install_log_redaction``: on Celery's loggers and on these handlers)."""
+    from fin_relay.observability import formatter, install_log_redaction
 
     chosen = formatter()
-    for handler in getattr(logger, "handlers", []):
+    handlers = list(getattr(logger, "handlers", []))
+    for handler in handlers:
         handler.setFormatter(chosen)
+    install_log_redaction(*handlers)
+
+
+def _names_only_reprs(headers: Any = None, body: Any = None, **_: Any) -> None:
+    """Task messages this process publishes (``task.retry``'s re-publications) carry the
+    argument *names* in ``argsrepr``/``kwargsrepr``, not Celery's repr of the values: those
+    headers are shown by Celery's logs and tooling."""
+    if not isinstance(headers, dict) or "kwargsrepr" not in headers:
+        return
+    args, kwargs = (
+        (body[0], body[1]) if isinstance(body, list | tuple) and len(body) >= 2 else ((), {})
+    )
+    headers["argsrepr"] = f"({len(args)} positional)" if args else "()"
+    if isinstance(kwargs, dict):
+        headers["kwargsrepr"] = "{" + ", ".join(f"{k!r}: ..." for k in kwargs) + "}"
 
 
 def _quiet_http_logs(**_: Any) -> None:
@@ -203,7 +224,9 @@ def _put_back_held_messages(wait_s: float = HELD_MESSAGES_SHUTDOWN_WAIT_S) -> No
     if unchecked:
         log.warning(
             "stopping with %d lost take reply(ies) unchecked (Redis unreachable): their "
-            "messages stay in the unacked hash and come back after the visibility timeout",
+            "messages stay in the unacked hash, under this process's broker lease: another "
+            "worker puts them back once the lease runs out (about 10 s), or the visibility "
+            "timeout does",
             unchecked,
         )
 
@@ -218,7 +241,10 @@ def _shutdown(**_: Any) -> None:
 signals.celeryd_init.connect(_check_settings, weak=False)
 signals.after_setup_logger.connect(_quiet_http_logs, weak=False)
 signals.after_setup_logger.connect(_structured_logs, weak=False)
+signals.before_task_publish.connect(_names_only_reprs, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
+# A queue item that is not a broker message at all becomes a dead letter, not a crash.
+transport.on_undecodable_item = offcontract.dead_letter_broker_item
 signals.task_prerun.connect(_task_started, weak=False)
 signals.task_postrun.connect(_task_finished, weak=False)
 signals.worker_shutdown.connect(_shutdown, weak=False)

@@ -81,7 +81,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
@@ -120,6 +120,12 @@ IDLE_POLL_MIN_S = 0.0005
 BUSY_POLL_MAX_S = 0.003
 BUSY_WINDOW_S = 2.0
 IDLE_POLL_MAX_S = 0.01
+
+
+#: Called with (queue, item) for a queue item that is not a kombu message (no delivery tag)
+#: instead of handing it to kombu, which raises and stops the worker. fin-relay's worker sets it
+#: (dead letter); ``None``: kombu's behaviour.
+on_undecodable_item: Callable[[str, Any], Any] | None = None
 
 
 def kombu_version() -> str:
@@ -406,6 +412,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._take_after = 0.0
             self._last_message_at = time.monotonic()
             dest, item, recorded = reply
+            if not recorded and on_undecodable_item is not None:
+                # No kombu delivery tag (raw text, a JSON list, an object without properties,
+                # pushed by hand): kombu would crash the worker on it ("Unrecoverable error").
+                # It was taken off the queue; the worker makes it a dead letter instead.
+                on_undecodable_item(bytes_to_str(dest).rsplit(self.sep, 1)[0], item)
+                raise Empty()
             payload = loads(bytes_to_str(item))
             if recorded:
                 tag = payload["properties"]["delivery_tag"]

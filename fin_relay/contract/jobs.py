@@ -255,28 +255,43 @@ def dead_letter(
     data: dict[str, Any],
     maxlen: int,
     record_entry: tuple[str, str] | None = None,
+    queue: str | None = None,
+    args: list[Any] | None = None,
+    raw: dict[str, Any] | None = None,
 ) -> Envelope:
     """Queue a dead letter on a redis-py pipeline; return its envelope.
 
     * ``{ns}:deadpayload:{dead_id}`` keeps the original task, id, queue and kwargs (for replay;
-      may contain attachment data, so it is never published);
+      may contain attachment data and message bodies, so it is never published nor logged),
+      plus ``args`` for a message sent with positional arguments and ``raw`` (the undecoded
+      body, its content type and encoding) for one whose body could not be decoded: those two
+      are kept for inspection, and ``fin-relay dead replay`` refuses them;
     * ``{ns}:dead`` (stream + channel) and the conversation channel get an envelope of type
       ``job.dead`` or ``event.dead`` whose ``data`` has ``reason``, ``dead_id``, ``task``,
-      ``task_id`` and the caller's ``data`` (which must hold no attachment data);
+      ``task_id`` and the caller's ``data`` (which must hold no attachment data nor message
+      bodies);
+    * ``conversation_id`` ``None`` (or ``""``): the envelope's is ``null`` and the stream entry
+      has no ``conversation_id`` field (``Envelope.stream_fields``);
     * with ``record_entry=(hash key, field)``, the ``{ns}:dead`` entry id is written there by
-      the same command as the entry (the worker's job hash ``dead_entry``).
+      the same command as the entry (the worker's job hash ``dead_entry``);
+    * ``queue``: the queue the message came from, when it is not the task's fixed queue (an
+      unknown task name has none).
     """
-    payload = {
+    payload: dict[str, Any] = {
         "task": task,
         "task_id": task_id,
-        "queue": TASK_QUEUES.get(task, ""),
+        "queue": queue if queue is not None else TASK_QUEUES.get(task, ""),
         "kwargs": kwargs,
     }
+    if args is not None:
+        payload["args"] = args
+    if raw is not None:
+        payload["raw"] = raw
     pipe.set(names.dead_payload(dead_id), json.dumps(payload, separators=(",", ":")))
     envelope = Envelope.now(
         id=envelope_id,
         type=kind,
-        conversation_id=conversation_id,
+        conversation_id=conversation_id or None,
         data={"reason": reason, "dead_id": dead_id, "task": task, "task_id": task_id, **data},
     )
     add_publish(pipe, names, names.dead, envelope, maxlen=maxlen, record_id=record_entry)

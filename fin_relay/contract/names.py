@@ -3,7 +3,7 @@
 The Redis layout is the contract between producer, worker and ingest, so it is built here
 and nowhere else. Keys are prefixed with ``FIN_RELAY_NAMESPACE`` (default ``fin``) so several
 deployments can share one Redis. Celery task and queue names are *not* namespaced: other
-services hard-code them (``design.md``).
+services hard-code them (the wire contract).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Settings per component, from environment variables (and ``.env``), validated at start-up.
 
 Field names are the environment variable names, lower-cased (``REDIS_URL`` -> ``redis_url``).
-The variables of ``design.md`` keep their names; tuning knobs fin-relay adds are prefixed
+The documented variables (README) keep their names; tuning knobs fin-relay adds are prefixed
 ``FIN_RELAY_``. Secrets are ``SecretStr``: they never appear in a ``repr`` or a log line.
 Use :func:`load` to build one: a bad or missing value raises :class:`ConfigurationError` with
 one line naming the variable.
@@ -154,12 +154,20 @@ class WorkerSettings(FinVersionSettings):
 
 
 class IngestSettings(CommonSettings):
-    """The webhook ingest: secrets (and how they become HMAC keys), body cap, de-dup TTL."""
+    """The webhook ingest: secrets (and how they become HMAC keys), body cap, de-dup TTL, and
+    how long a client may take to send a request."""
 
     fin_webhook_secrets: SecretStr
     fin_relay_max_body_bytes: PositiveInt = 1024 * 1024
     fin_relay_dedup_ttl_s: PositiveInt = 24 * 3600
     fin_relay_enqueue_timeout_s: PositiveFloat = 2.0
+    #: A webhook whose whole body has not arrived this long after its headers is answered 408
+    #: (a slow or stalled client must not hold a connection and its request indefinitely).
+    fin_relay_body_timeout_s: PositiveFloat = 5.0
+    #: ``fin-relay ingest``: a connection that has not sent a request's complete headers this
+    #: long after it opened (or after its previous response) is closed (408 when a request
+    #: had begun).
+    fin_relay_header_timeout_s: PositiveFloat = 5.0
     # How a signing secret becomes the HMAC key (Intercom's docs do not say): "auto" tries its
     # UTF-8 bytes and, for an even-length hex secret, its hex-decoded bytes; "utf8"/"hex" pin one.
     fin_relay_webhook_secret_encoding: Literal["auto", "utf8", "hex"] = "auto"  # noqa: S105

@@ -129,3 +129,105 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     record = json.loads(line)
     assert record["msg"] == "job done" and record["job_id"] == "j1"
     assert record["conversation_id"] == "c1" and record["level"] == "info"
+
+
+# --- what Celery logs about a message: never its body or arguments -------------------------
+
+MARKER = "CUSTOMER-MARKER-7f3a"
+
+
+def _celery_records() -> None:
+    """Log what Celery logs for messages it cannot run and for task outcomes, through Celery's
+    own loggers and message templates, each quoting the marker."""
+    from celery.app import trace
+    from celery.worker.consumer import consumer
+
+    body = f"[[], {{'message': {{'body': '{MARKER}'}}}}, {{}}] (120b)"
+    headers = {"task": "fin.summarise", "argsrepr": f"('{MARKER}',)"}
+    try:
+        raise KeyError("fin.summarise")
+    except KeyError as exc:
+        consumer.logger.error(consumer.UNKNOWN_TASK_ERROR, exc, body, headers, {}, exc_info=True)
+    try:
+        raise ValueError(f"Expecting value: {MARKER}")
+    except ValueError as exc:
+        consumer.logger.critical(
+            consumer.MESSAGE_DECODE_ERROR, exc, "application/json", "utf-8", headers, body,
+            exc_info=1,
+        )  # fmt: skip
+    try:
+        raise ValueError(f"invalid: {MARKER}")
+    except ValueError as exc:
+        consumer.logger.error(consumer.INVALID_TASK_ERROR, exc, body, exc_info=True)
+    consumer.logger.warning(consumer.UNKNOWN_FORMAT, body)
+    context = {
+        "id": "j1", "name": "fin.start", "args": f"('{MARKER}',)",
+        "kwargs": f"{{'message': '{MARKER}'}}", "exc": "TypeError()", "description": "raised",
+        "traceback": "", "hostname": "h", "internal": False, "runtime": 0.1,
+        "return_value": "None", "eta": None,
+    }  # fmt: skip
+    trace.logger.info(trace.LOG_RECEIVED, context, extra={"data": context})
+    trace.logger.error(trace.LOG_FAILURE, context, extra={"data": context})
+    logging.getLogger("fin_relay.test").error("a later error carrying the breadcrumbs")
+
+
+def test_celery_records_are_redacted_in_the_log_and_in_sentry(
+    captured: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[dict[str, Any]] = []
+
+    class T(sentry_sdk.transport.Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            events.extend(i.payload.json for i in envelope.items if i.payload.json)
+
+    observability.configure_logging("INFO", json_lines=True)
+    assert observability.init_sentry(load(WorkerSettings), "worker", transport=T())
+    _celery_records()
+    sentry_sdk.flush()
+    lines = capsys.readouterr().err.strip().splitlines()
+    text = json.dumps(events)
+    # every record was written; every error sent (but celery.app.trace's, which Sentry's
+    # Celery integration ignores: it reports task failures itself)
+    assert len(events) == 4 and len(lines) == 7
+    assert MARKER not in text
+    assert MARKER not in "\n".join(lines)
+    refused = [json.loads(line) for line in lines if "not a valid job" in line]
+    assert [r["msg"].rsplit("(", 1)[1] for r in refused] == [
+        "KeyError); its contents are not logged",
+        "ValueError); its contents are not logged",
+        "ValueError); its contents are not logged",
+        "unreadable); its contents are not logged",
+    ]
+    logged = "\n".join(lines)  # the records are there, minus the data
+    assert "Task fin.start[j1] received" in logged and "Task fin.start[j1] raised" in logged
+    assert all(e.get("logentry", {}).get("params") in (None, []) for e in events)
+
+
+def test_sentry_logs_are_scrubbed() -> None:
+    scrub = observability.make_log_scrubber([TOKEN])
+    log = {
+        "severity_text": "error",
+        "body": f"Received unregistered task ... The full contents of the message body was: {MARKER}",
+        "attributes": {
+            "sentry.message.template": "Task %(name)s[%(id)s] %(description)s: %(exc)s",
+            "sentry.message.parameter.args": f"('{MARKER}',)",
+            "sentry.message.parameter.0": MARKER,
+            "data": {"kwargs": MARKER},
+            "logger.name": "celery.app.trace",
+            "note": f"token {TOKEN}",
+        },
+    }
+    out = scrub(log, {})
+    assert MARKER not in json.dumps(out) and TOKEN not in json.dumps(out)
+    assert out["attributes"]["logger.name"] == "celery.app.trace"
+    assert "not a valid job" in out["body"]
+    plain = scrub({"body": "job=j1 outcome=succeeded", "attributes": {"job": "j1"}}, {})
+    assert plain == {"body": "job=j1 outcome=succeeded", "attributes": {"job": "j1"}}
+
+
+def test_task_reprs_in_published_headers_are_names_only() -> None:
+    from fin_relay.worker import app as worker_app
+
+    headers = {"argsrepr": f"('{MARKER}',)", "kwargsrepr": f"{{'message': '{MARKER}'}}"}
+    worker_app._names_only_reprs(headers=headers, body=((MARKER,), {"message": MARKER}, {}))
+    assert headers == {"argsrepr": "(1 positional)", "kwargsrepr": "{'message': ...}"}

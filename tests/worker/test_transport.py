@@ -325,8 +325,12 @@ def test_full_redis_refuses_the_take_instead_of_losing_the_message(
         assert settled(aof_redis) == (1, 0, 0)  # still on its queue
 
 
-def test_non_kombu_item_is_handed_over_as_brpop_would(aof_redis: EmbeddedRedis) -> None:
-    """Garbage on a queue reaches kombu's own error handling, not the script's."""
+def test_non_kombu_item_is_handed_over_as_brpop_would(
+    aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a hook (plain kombu use), garbage on a queue reaches kombu's own error handling,
+    not the script's."""
+    monkeypatch.setattr(transport, "on_undecodable_item", None)
     r = client(aof_redis)
     r.lpush("tq", "not json")
     with kombu.Connection(aof_redis.url, transport=OURS) as conn:
@@ -334,6 +338,34 @@ def test_non_kombu_item_is_handed_over_as_brpop_would(aof_redis: EmbeddedRedis) 
         with pytest.raises(ValueError):
             conn.drain_events(timeout=2)
     assert settled(aof_redis) == (0, 0, 0)  # popped, as kombu's BRPOP does
+
+
+def test_non_kombu_item_goes_to_the_hook_and_consuming_goes_on(
+    aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the worker's hook set, garbage is handed to it (a dead letter) and the next real
+    message is delivered: nothing raises."""
+    seen: list[tuple[str, Any]] = []
+    monkeypatch.setattr(transport, "on_undecodable_item", lambda q, item: seen.append((q, item)))
+    r = client(aof_redis)
+    r.lpush("tq", "not json")
+    received: list[Any] = []
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        conn.Consumer(
+            [QUEUE], callbacks=[lambda body, m: (received.append(body), m.ack())]
+        ).consume()
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="tq", serializer="json")
+        for _ in range(50):
+            if received:
+                break
+            with contextlib.suppress(socket.timeout, TimeoutError):
+                conn.drain_events(timeout=0.2)
+    assert [(q, bytes(item) if isinstance(item, bytes) else item) for q, item in seen] in (
+        [("tq", b"not json")],
+        [("tq", "not json")],
+    )
+    assert received == [{"n": 1}]
 
 
 # --- fix 2: held messages (kombu's BRPOP path) -----------------------------------------------
