@@ -6,8 +6,9 @@
   killed and restarted in place, keeping its data dir), stopped at teardown.
 * ``worker_procs(redis_url, base_url=..., env=...)``: real Celery worker processes on *any*
   Redis (the shared ``celery_worker_proc`` fixture is bound to the session Redis), stopped at
-  teardown; ``product_defaults=True``: without the tests' short timings
-  (``tests/fixtures/worker.py``), i.e. on the product's default configuration;
+  teardown; on the product's default configuration (``product_defaults=True``, the default
+  here: the reliability suite runs what users run); ``product_defaults=False`` adds the tests'
+  short timings (``tests/fixtures/worker.py``);
   ``wait=False``: returns at once (``tests.fixtures.worker.wait_ready`` waits later).
 """
 
@@ -87,7 +88,7 @@ def reliability_worker_command(command: str, hostname: str, concurrency: int) ->
 @pytest.fixture
 def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: ``worker_procs(redis_url, base_url=..., concurrency=8, env={...},
-    command="celery", product_defaults=False, wait=True)`` (``command``: see
+    command="celery", product_defaults=True, wait=True)`` (``command``: see
     :func:`reliability_worker_command`)."""
     started: list[WorkerProcess] = []
 
@@ -100,7 +101,7 @@ def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         namespace: str = "fin",
         ready_timeout_s: float = 60.0,
         command: str = "celery",
-        product_defaults: bool = False,
+        product_defaults: bool = True,
         wait: bool = True,
     ) -> WorkerProcess:
         index = len(started)
