@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from fin_relay.contract.celery_wire import kwargs_repr
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
 from fin_relay.contract.settings import WorkerSettings, load
@@ -137,7 +138,7 @@ def _names_only_reprs(headers: Any = None, body: Any = None, **_: Any) -> None:
     )
     headers["argsrepr"] = f"({len(args)} positional)" if args else "()"
     if isinstance(kwargs, dict):
-        headers["kwargsrepr"] = "{" + ", ".join(f"{k!r}: ..." for k in kwargs) + "}"
+        headers["kwargsrepr"] = kwargs_repr(kwargs)
 
 
 def _quiet_http_logs(**_: Any) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 import redis
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
+from fin_relay.contract.celery_wire import kwargs_repr
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_EVENT, DEAD_JOB, RELAY_KWARG, dead_letter
 from fin_relay.contract.names import (
@@ -162,11 +163,6 @@ def _split(payload: Any, protocol1: bool) -> tuple[Any, Any] | None:
     return None
 
 
-def _kwargs_repr(kwargs: dict[str, Any]) -> str:
-    # Only the names: the repr is shown by Celery (logs, ``celery inspect``).
-    return "{" + ", ".join(f"{k!r}: ..." for k in kwargs) + "}"
-
-
 _REPRS: dict[tuple[str, ...], str] = {}
 
 
@@ -174,7 +170,7 @@ def _names_repr(kwargs: dict[str, Any]) -> str:
     names = tuple(kwargs)
     text = _REPRS.get(names)
     if text is None:
-        text = _kwargs_repr(kwargs)
+        text = kwargs_repr(kwargs)
         if len(_REPRS) < 256:  # a handful of argument sets in practice; bounded regardless
             _REPRS[names] = text
     return text
@@ -272,7 +268,7 @@ def judge(message: Any) -> Verdict | None:
             list(args),
         )
     headers["argsrepr"] = "()"
-    headers["kwargsrepr"] = _kwargs_repr(kwargs)
+    headers["kwargsrepr"] = kwargs_repr(kwargs)
     return None
 
 

@@ -54,7 +54,7 @@ def task_message(
         "root_id": tid,
         "parent_id": None,
         "argsrepr": "()",
-        "kwargsrepr": _kwargsrepr(kwargs),
+        "kwargsrepr": kwargs_repr(kwargs),
         "origin": f"{_ORIGIN}:{os.getpid()}",
         "ignore_result": True,
         "replaced_task_nesting": 0,
@@ -84,6 +84,7 @@ def task_message(
     return tid, json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def _kwargsrepr(kwargs: dict[str, Any]) -> str:
-    # Only the keys: the repr is shown by Celery tooling and must not carry customer data.
+def kwargs_repr(kwargs: dict[str, Any]) -> str:
+    """``kwargsrepr`` of a task message: only the keys (the repr is shown by Celery's logs and
+    tooling and must not carry customer data)."""
     return "{" + ", ".join(f"{k!r}: ..." for k in kwargs) + "}"
