@@ -90,8 +90,23 @@ def payload(client: redis.Redis, producer: Producer, dead_id: str) -> dict[str, 
     return value
 
 
+#: Dead letters whose replay sends the message with a fresh time: whether Fin got the first
+#: attempt is unknown and its 5-minute de-duplication window has passed, so the replay is a new
+#: message on purpose (the operator's decision), not a retry under the old time.
+FRESH_TIMESTAMP_REASONS = frozenset({"outcome_unknown"})
+
+
+def _without_message_time(kwargs: dict[str, Any]) -> dict[str, Any]:
+    message = kwargs.get("message")
+    if not isinstance(message, dict):
+        return kwargs
+    untimed = {k: v for k, v in message.items() if k not in ("timestamp", "timestamp_ms")}
+    return {**kwargs, "message": untimed}
+
+
 def replay(producer: Producer, dead_id: str) -> JobHandle:
-    """Re-enqueue the dead job/event ``dead_id`` with its original task id."""
+    """Re-enqueue the dead job/event ``dead_id`` with its original task id (a job whose
+    outcome is unknown, :data:`FRESH_TIMESTAMP_REASONS`, with a fresh message time)."""
     client = producer.redis_client
     original = payload(client, producer, dead_id)
     task, task_id = str(original["task"]), str(original["task_id"])
@@ -106,9 +121,16 @@ def replay(producer: Producer, dead_id: str) -> JobHandle:
         raise DeadLetterError(
             f"dead letter {dead_id!r} has a body that could not be decoded: nothing to replay"
         )
+    kwargs = original["kwargs"]
+    fresh = task in CALL_TASKS.values() and any(
+        d.envelope.data.get("reason") in FRESH_TIMESTAMP_REASONS
+        for d in find(client, producer.names.dead, dead_id)
+    )
+    if fresh:
+        kwargs = _without_message_time(kwargs)
     job = build(
         task,
-        original["kwargs"],
+        kwargs,
         job_id=task_id,
         caller_chose_id=False,
         queue=original.get("queue") or None,
@@ -117,6 +139,8 @@ def replay(producer: Producer, dead_id: str) -> JobHandle:
         with redis_errors():
             pipe = client.pipeline(transaction=True)
             prepare_replay(pipe, producer.names, task_id)
+            if fresh:  # the worker stamps a new message time before the first attempt
+                pipe.hdel(producer.names.job(task_id), "ts")
             pipe.execute()
     handle = producer.publish(job, idempotent=False)
     if task == TASK_EVENT:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fin_relay.contract.names import Names
-from tests.fixtures.worker import enqueue_job, results, start_kwargs, wait_for_result
+from tests.fixtures.worker import enqueue_job, results, start_kwargs, wait_for_result, wait_until
 
 pytestmark = pytest.mark.integration
 N = Names("fin")
@@ -62,3 +62,38 @@ def test_redelivery_within_the_deadline_is_sent_with_the_same_timestamp(
     (request,) = sim.control.requests()
     assert request["body"]["message"]["timestamp"] == "2025-01-24T10:01:20.123Z"
     assert request["body"]["message"]["timestamp_ms"] == "2025-01-24T10:01:20.123Z"
+
+
+def test_replaying_an_unknown_outcome_sends_it_with_a_fresh_time(
+    redis_url: str,
+    redis_client: redis.Redis,
+    fin_simulator: Callable,
+    celery_worker_proc: Callable,
+) -> None:
+    """The operator's replay of an ``outcome_unknown`` dead letter is a new message on purpose:
+    the worker stamps a fresh time (the old one's 5-minute window has passed)."""
+    from fin_relay.contract.settings import ProducerSettings
+    from fin_relay.producer.dead import replay
+    from fin_relay.producer.enqueue import Producer
+
+    sim = fin_simulator()
+    celery_worker_proc(base_url=sim.base_url)
+    job_id = "unknown-then-replayed"
+    _state_after_a_kill(redis_client, job_id, age_s=241)
+    old_time = "2025-01-24T10:01:20.123Z"
+    kwargs = start_kwargs(
+        "c-replayed", message={"author": "user", "body": "Hi", "timestamp": old_time}
+    )
+    enqueue_job(redis_client, "fin.start", kwargs, task_id=job_id)
+    assert wait_for_result(redis_client, job_id).data["reason"] == "outcome_unknown"
+    with Producer(ProducerSettings(redis_url=redis_url)) as producer:
+        replay(producer, job_id)
+    wait_until(
+        lambda: any(e.id == f"{job_id}.succeeded.1" for e in results(redis_client)),
+        20,
+        "the replayed job to succeed",
+    )
+    (request,) = sim.control.requests()
+    sent = request["body"]["message"]
+    assert sent["timestamp"] != old_time and sent["timestamp"] == sent["timestamp_ms"]
+    assert sent["timestamp"] == redis_client.hget(N.job(job_id), "ts")
