@@ -64,6 +64,7 @@ def test_redelivery_within_the_deadline_is_sent_with_the_same_timestamp(
     assert request["body"]["message"]["timestamp_ms"] == "2025-01-24T10:01:20.123Z"
 
 
+@pytest.mark.redis_broker  # the test's Producer publishes to the Redis broker
 def test_replaying_an_unknown_outcome_sends_it_with_a_fresh_time(
     redis_url: str,
     redis_client: redis.Redis,
