@@ -4,7 +4,8 @@
 --          starts reading for the outcome (captured here, so no outcome can be missed)
 -- KEYS[3]  the job hash ({ns}:job:{job_id}): gets field "seq" when the job has a conversation
 -- KEYS[4]  the idempotency marker ({ns}:jobid:{job_id}) of a caller-chosen id, or '' for none
--- KEYS[5]  the conversation's sequence counter ({ns}:conv:{id}:seq), or '' for no conversation
+-- KEYS[5]  the conversation's sequence counter ({ns}:conv:{id}:seq), or '' for no number (no
+--          conversation, or a Redis broker: its take numbers the job when a worker gets it)
 -- ARGV[1]  the Celery message payload (celery_wire.task_message); '' to mark and sequence only
 --          (the message then goes to another broker, published by the caller)
 -- ARGV[2]  the marker's TTL in seconds (the idempotency window)
@@ -12,8 +13,8 @@
 -- Returns  {1, results_position, seq} when enqueued (seq 0 without a conversation);
 --          {0, results_position_of_the_first_enqueue, 0} when the marker already existed
 --          (the same id was enqueued within the window: nothing is pushed).
--- The sequence number orders a conversation's calls by enqueue time: the worker reads it from
--- the job hash (as it would read relay.sequence) instead of taking one at first delivery.
+-- With a broker that is not Redis, the sequence number orders a conversation's calls by enqueue
+-- time: the worker reads it from the job hash instead of taking one at first delivery.
 local pos = '0-0'
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #last > 0 then

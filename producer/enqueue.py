@@ -139,14 +139,16 @@ class Producer:
         """Publish a prepared job. ``idempotent=False`` ignores the marker (dead-letter replay).
 
         Broker = ``REDIS_URL`` (the default): one atomic script. Any other broker: the marker
-        and sequence number are set in Redis first, then the message is published; if that
-        fails, both are released and :class:`BrokerUnavailableError` is raised.
+        (and, for a broker that is not Redis, the conversation sequence number) is set in Redis
+        first, then the message is published; if that fails, both are released and
+        :class:`BrokerUnavailableError` is raised.
         """
         if self._direct:
             options = PushOptions(idempotent=idempotent)
             pushed = transport.push_sync(self.redis_client, job, self.names, self.window_s, options)
             return self._handle(job, pushed)
-        options = PushOptions(publish=False, idempotent=idempotent)
+        number = self._celery is not None
+        options = PushOptions(publish=False, idempotent=idempotent, number=number)
         pushed = transport.push_sync(self.redis_client, job, self.names, self.window_s, options)
         if pushed.created:
             try:
@@ -162,7 +164,8 @@ class Producer:
     async def publish_async(self, job: PreparedJob, *, idempotent: bool = True) -> JobHandle:
         """:meth:`publish` with ``redis.asyncio`` (or Celery in a thread), within the bound."""
         main, t = self._async_client("main"), self.timeout_s
-        options = PushOptions(publish=self._direct, idempotent=idempotent)
+        number = self._celery is not None
+        options = PushOptions(publish=self._direct, idempotent=idempotent, number=number)
         pushed = await transport.push_async(
             main, job, self.names, self.window_s, timeout_s=t, options=options
         )

@@ -90,10 +90,13 @@ def redis_errors(what: str = "Redis") -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class PushOptions:
-    """How to run ``enqueue.lua``: LPUSH (or only mark and sequence), honour the marker."""
+    """How to run ``enqueue.lua``: LPUSH (or only mark), honour the marker, and number the
+    job in its conversation (``number``: only for a broker that is not Redis; a Redis broker's
+    take numbers every call job as it hands it out, whoever enqueued it)."""
 
     publish: bool = True
     idempotent: bool = True
+    number: bool = False
 
 
 def script_args(
@@ -107,7 +110,7 @@ def script_args(
         names.results,
         names.job(job.job_id),
         marker,
-        names.conversation_seq(cid) if cid else "",
+        names.conversation_seq(cid) if cid and options.number else "",
     ]
     payload = job.payload if options.publish else ""
     return len(keys), [*keys, payload, window_s, STATE_TTL_S]

@@ -44,6 +44,8 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
                 1, min(10, int(settings.fin_relay_visibility_timeout_s // 2))
             ),
             "unacked_restore_throttle": 1,
+            # the take numbers this namespace's call jobs per conversation (worker.transport)
+            "fin_relay_namespace": settings.fin_relay_namespace,
         },
         "broker_pool_limit": None,
         "result_backend": None,

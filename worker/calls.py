@@ -102,11 +102,14 @@ def run_call(
     defers: int,
     *,
     lease: Lease | None = None,
+    take_seq: int | None = None,
 ) -> Defer | None:
     """Run one delivery of a call job; ``None`` when the job reached a terminal outcome (or
-    another delivery already recorded one). ``lease``: this delivery's (a new one if None)."""
+    another delivery already recorded one). ``lease``: this delivery's (a new one if None).
+    ``take_seq``: the conversation sequence number the broker's take gave the job (the
+    ``fin_relay_seq`` header); it wins over the job's ``relay.sequence``."""
     lease = lease if lease is not None else new_lease(rt.names, None)
-    result = _run_call(rt, task, job_id, kwargs, defers, lease=lease)
+    result = _run_call(rt, task, job_id, kwargs, defers, lease=lease, take_seq=take_seq)
     if result is not None and lease.held:
         # Re-published without an outcome and not released yet (the paths after a call
         # release it in their own round trip): the re-publication must be able to take it.
@@ -165,7 +168,14 @@ def _not_ours(rt: Runtime, ctx: JobContext, check: Check, defers: int) -> Defer 
 
 
 def _run_call(
-    rt: Runtime, task: str, job_id: str, kwargs: dict[str, Any], defers: int, *, lease: Lease
+    rt: Runtime,
+    task: str,
+    job_id: str,
+    kwargs: dict[str, Any],
+    defers: int,
+    *,
+    lease: Lease,
+    take_seq: int | None,
 ) -> Defer | None:
     operation = TASK_OPERATIONS.get(task, task)
     ctx = JobContext(
@@ -185,6 +195,8 @@ def _run_call(
         check, _ = _gate(rt, ctx, lease, conversation_id=None, terminal=True)
         if not check.leased:
             return _not_ours(rt, ctx, check, defers)
+        # its number (the take gave one to a conversation's job) is marked done with it
+        ctx.seq = take_seq or 0
         finish(rt, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
         return None
     ctx.body = ctx.job.body
@@ -204,7 +216,7 @@ def _run_call(
         lease,
         conversation_id=ctx.conversation_id,
         stamp=stamp,
-        sequence=ctx.job.options.sequence,
+        sequence=take_seq or ctx.job.options.sequence,
         terminal=expired,
     )
     if check.decision in ("dup", WAIT_LEASE):

@@ -52,7 +52,7 @@ from typing import Any
 import redis
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
-from fin_relay.contract.celery_wire import kwargs_repr
+from fin_relay.contract.celery_wire import SEQ_HEADER, kwargs_repr
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_EVENT, DEAD_JOB, RELAY_KWARG, dead_letter
 from fin_relay.contract.names import (
@@ -106,6 +106,8 @@ class Verdict:
     kwargs: dict[str, Any] = field(default_factory=dict)
     args: list[Any] | None = None
     raw: dict[str, Any] | None = None
+    #: the conversation number the broker's take gave it (``celery_wire.SEQ_HEADER``), or 0
+    take_seq: int = 0
 
     @property
     def kind(self) -> str:
@@ -200,6 +202,16 @@ def screen(message: Any) -> Verdict | None:
 
 def judge(message: Any) -> Verdict | None:
     """:func:`screen` without the fast path: every check, in order."""
+    verdict = _judge(message)
+    headers = getattr(message, "headers", None)
+    if verdict is not None and isinstance(headers, dict):
+        seq = headers.get(SEQ_HEADER)
+        if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
+            verdict.take_seq = seq
+    return verdict
+
+
+def _judge(message: Any) -> Verdict | None:
     queue = _queue_of(message)
     headers = getattr(message, "headers", None)
     if not isinstance(headers, dict):
@@ -312,7 +324,7 @@ def dead_letter_message(rt: Runtime, verdict: Verdict) -> Envelope:
         result = _result(verdict)
         add_publish(pipe, names, names.results, result, maxlen=maxlen)
         data["job_id"] = verdict.task_id
-        seq = _relay(verdict.kwargs).get("sequence")
+        seq = verdict.take_seq or _relay(verdict.kwargs).get("sequence")
         cid = verdict.conversation_id
         if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 and cid is not None:
             rt.sequencer.add_done(pipe, verdict.task_id, cid, seq)

@@ -1,7 +1,8 @@
 -- Per-conversation sequencing: the calls of one conversation reach Fin one at a time, in order.
 --
--- Each job of a conversation holds a sequence number (from the producer's relay.sequence,
--- else INCR of the conversation's counter at first delivery) kept in its job hash, so a
+-- Each job of a conversation holds a sequence number (the broker take's, written into the job
+-- hash or passed as ARGV[4]; else the producer's relay.sequence; else INCR of the
+-- conversation's counter at first delivery) kept in its job hash, so a
 -- redelivered or retried job keeps its place. A job may call Fin when it is at the head
 -- (seq <= next) and, for a reply, when Fin is not still working on the previous turn.
 -- After its terminal outcome the job is recorded in the done set and next moves past every

@@ -3,8 +3,10 @@
 
 Guarantee (see docs/worker.md): the calls of one conversation reach Fin one at a time, in
 sequence order, across all workers; a reply waits until Fin finished the previous turn. The
-sequence order is the producer's (``relay.sequence``, taken atomically with the enqueue) or,
-for jobs sent without one, the order in which workers first receive them.
+sequence order is the broker's: with the Redis broker, the worker transport's take numbers each
+call job as it hands it out (``fin_relay_seq``); with another broker, the Producer's number
+(taken before it publishes, or ``relay.sequence``) or, for jobs without one, the order in which
+workers first receive them.
 
 The same check takes the job's **lease** (one job id is one job): of two deliveries of one job
 alive at once (two copies of a message in the queue), only the lease holder calls Fin or

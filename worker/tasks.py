@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
+from fin_relay.contract.celery_wire import SEQ_HEADER
 from fin_relay.contract.names import CALL_TASKS, TASK_EVENT, TASK_QUEUES
 from fin_relay.worker.calls import new_lease, release_lease, run_call
 from fin_relay.worker.events import run_event
@@ -72,6 +73,12 @@ def _redis_down(task: Task, exc: Exception, lease: Lease | None = None) -> None:
     raise task.retry(countdown=0.5) from None
 
 
+def _take_seq(request: Any) -> int | None:
+    """The conversation number the broker's take gave this delivery (transport fix 5)."""
+    value = request.get(SEQ_HEADER)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def call_task(task: Task, **kwargs: Any) -> None:
     """Body of every ``fin.*`` call task: one attempt; a deferral becomes ``task.retry``.
 
@@ -84,7 +91,15 @@ def call_task(task: Task, **kwargs: Any) -> None:
     try:
         runtime = get_runtime()
         lease = new_lease(runtime.names, request.hostname)
-        defer = run_call(runtime, task.name, request.id, kwargs, request.retries or 0, lease=lease)
+        defer = run_call(
+            runtime,
+            task.name,
+            request.id,
+            kwargs,
+            request.retries or 0,
+            lease=lease,
+            take_seq=_take_seq(request),
+        )
     except redis.RedisError as exc:
         _redis_down(task, exc, lease)  # keeps the job: waits for Redis, then re-publishes
     except Exception:

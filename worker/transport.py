@@ -60,6 +60,13 @@ takes the visibility timeout to redeliver a dead consumer's messages (4):
    Redis outage longer than a lease the live processes renew before anyone reaps. A graceful
    stop releases the lease (``release_ownership``).
 
+5. **Order at the take** (``fin_relay_namespace`` transport option). Not a kombu defect but
+   fin-relay's order guarantee: the take script also numbers each call job of a conversation
+   as it hands it out (``INCR`` of the conversation's counter, kept in the job hash so a
+   redelivery keeps its number), reading the message with ``celery_wire.lua``. A FIFO queue
+   then gives numbers in the order the broker received the jobs, whoever sent them. The number
+   is added to the delivery as the ``fin_relay_seq`` header (``celery_wire.SEQ_HEADER``).
+
 Not a fix but a cost: kombu builds a new ``redis.Redis`` client object for every ack (and
 every other command it sends outside the consuming connection), a third of the per-message
 CPU it spends in a busy worker. ``Channel.conn_or_acquire`` here reuses one client per
@@ -95,7 +102,8 @@ import kombu.utils.json
 import redis
 from celery.app.amqp import AMQP as CeleryAMQP
 
-from fin_relay.contract import names
+from fin_relay.contract import celery_wire, names
+from fin_relay.contract.conversation import STATE_TTL_S
 
 # kombu is only partly typed: its Redis transport is used as untyped.
 kombu_redis: Any = kombu.transport.redis
@@ -140,8 +148,35 @@ def kombu_verified() -> bool:
 
 #: KEYS: unacked index, unacked hash, this channel's inflight key, this process's owner set
 #: (fix 4), then the queues in order. ARGV: now (s), inflight key TTL (ms), '1' to record the
-#: tag in the owner set. Returns {queue, message, recorded} or false.
-_TAKE_SCRIPT = """
+#: tag in the owner set, then the numbering (5): job key prefix ('' = no numbering), the
+#: conversation counter's key prefix and suffix, the TTL (s) of the keys it writes, the call
+#: task names (space-separated). Returns {queue, message, recorded, seq} or false.
+_TAKE_SCRIPT = (
+    celery_wire.LUA_READER
+    + """
+local numbering = ARGV[4] ~= ''
+local calls = {}
+if numbering then
+    for name in string.gmatch(ARGV[8], '%S+') do calls[name] = true end
+end
+-- Number a call job of a conversation as it is handed out (fix 5): INCR of the conversation's
+-- counter, kept in the job's hash so a redelivery or a retry keeps its number.
+local function number(message)
+    local task, id, kwargs = celery_wire_read(message)
+    if task == nil or not calls[task] then return 0 end
+    local cid = celery_wire_conversation(kwargs)
+    if cid == nil then return 0 end
+    local job = ARGV[4] .. id
+    local seq = tonumber(redis.call('HGET', job, 'seq') or '0')
+    local counter = ARGV[5] .. cid .. ARGV[6]
+    if seq == 0 then
+        seq = redis.call('INCR', counter)
+        redis.call('HSET', job, 'seq', seq)
+    end
+    redis.call('EXPIRE', counter, ARGV[7])
+    redis.call('EXPIRE', job, ARGV[7])
+    return seq
+end
 for i = 5, #KEYS do
     local item = redis.call('LINDEX', KEYS[i], -1)
     if item then
@@ -150,7 +185,7 @@ for i = 5, #KEYS do
         local tag = type(properties) == 'table' and properties['delivery_tag']
         if type(tag) ~= 'string' then
             redis.call('RPOP', KEYS[i])
-            return {KEYS[i], item, 0}  -- not a kombu message: handed over as BRPOP would
+            return {KEYS[i], item, 0, 0}  -- not a kombu message: handed over as BRPOP would
         end
         local info = properties['delivery_info']
         local exchange, routing_key = '', ''
@@ -158,8 +193,11 @@ for i = 5, #KEYS do
             if type(info['exchange']) == 'string' then exchange = info['exchange'] end
             if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
         end
-        -- the record first: ZADD is refused when Redis is out of memory (noeviction), and
-        -- then nothing has been taken
+        -- the number and the record first: a write refused (Redis out of memory, noeviction)
+        -- stops the script before anything is taken; a number written before a refusal is
+        -- found again by the next take of the message
+        local seq = 0
+        if numbering then seq = number(message) end
         redis.call('ZADD', KEYS[1], ARGV[1], tag)
         -- kombu's own record: JSON [message, exchange, routing_key]
         redis.call('HSET', KEYS[2], tag,
@@ -167,11 +205,12 @@ for i = 5, #KEYS do
         if ARGV[3] == '1' then redis.call('SADD', KEYS[4], tag) end  -- who holds it (fix 4)
         redis.call('RPOP', KEYS[i])
         redis.call('SET', KEYS[3], tag, 'PX', ARGV[2])
-        return {KEYS[i], item, 1}
+        return {KEYS[i], item, 1, seq}
     end
 end
 return false
 """
+)
 _TAKE_SHA = hashlib.sha1(_TAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id
 
 
@@ -284,6 +323,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: Fix 1 on (off: kombu's BRPOP, with fix 2; tests use it to reach that path).
     ATOMIC_TAKE = True
 
+    #: Fix 5: the fin-relay namespace whose call jobs the take numbers (transport option
+    #: ``fin_relay_namespace``; ``None``: no numbering). ``fin_relay_state_ttl`` is the TTL (s)
+    #: of the counters and job hashes the take writes.
+    fin_relay_namespace: str | None = None
+    fin_relay_state_ttl: int = 0
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "fin_relay_namespace",
+        "fin_relay_state_ttl",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # parameters computed while attached to the transport, per ``asynchronous`` (fix 3)
         self._attached_params: dict[bool, dict[str, Any]] = {}
@@ -305,7 +355,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._inflight_ttl_ms = max(1, int(self.visibility_timeout * 1000))
         if self.atomic_take:
             self._endpoint = ownership().register(self)
+        self._numbering_args = self._numbering()
         self.restore_held()
+
+    def _numbering(self) -> list[str | int]:
+        """The take script's numbering ARGV (fix 5): off without a namespace."""
+        ns = self.fin_relay_namespace
+        if not ns:
+            return ["", "", "", 0, ""]
+        keys = names.Names(ns)
+        marker = "\x00"
+        prefix, suffix = keys.conversation_seq(marker).split(marker)
+        ttl = self.fin_relay_state_ttl or STATE_TTL_S
+        return [keys.job(""), prefix, suffix, ttl, " ".join(names.CALL_TASKS.values())]
 
     @property
     def owner_key(self) -> str | None:
@@ -382,6 +444,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             repr(time.time()),
             self._inflight_ttl_ms,
             "1" if owner_key else "0",
+            *self._numbering_args,
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -411,7 +474,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._idle_polls = 0
             self._take_after = 0.0
             self._last_message_at = time.monotonic()
-            dest, item, recorded = reply
+            dest, item, recorded, seq = reply
             if not recorded and on_undecodable_item is not None:
                 # No kombu delivery tag (raw text, a JSON list, an object without properties,
                 # pushed by hand): kombu would crash the worker on it ("Unrecoverable error").
@@ -419,6 +482,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 on_undecodable_item(bytes_to_str(dest).rsplit(self.sep, 1)[0], item)
                 raise Empty()
             payload = loads(bytes_to_str(item))
+            if seq and isinstance(payload.get("headers"), dict):
+                # the number travels with this delivery: the worker's Redis may be another
+                # than the broker's (FIN_BROKER_URL), where the job hash holds it
+                payload["headers"][celery_wire.SEQ_HEADER] = int(seq)
             if recorded:
                 tag = payload["properties"]["delivery_tag"]
                 self._last_received = tag

@@ -12,15 +12,26 @@ This is the wire contract other languages can follow too (see README, "Wire cont
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fin_relay.contract.names import TASK_QUEUES
 
 _ORIGIN = f"fin-relay@{socket.gethostname()}"
+
+#: Header the worker transport adds to a call job's delivery: the conversation sequence number
+#: its take gave the job (read as ``task.request.fin_relay_seq``). Not part of what producers
+#: send.
+SEQ_HEADER = "fin_relay_seq"
+
+#: The Lua half of :func:`read_call` (``celery_wire.lua``): defines ``celery_wire_read`` and
+#: ``celery_wire_conversation`` for a Redis script to prepend.
+LUA_READER = Path(__file__).with_name("celery_wire.lua").read_text()
 
 
 def task_message(
@@ -88,3 +99,62 @@ def kwargs_repr(kwargs: dict[str, Any]) -> str:
     """``kwargsrepr`` of a task message: only the keys (the repr is shown by Celery's logs and
     tooling and must not carry customer data)."""
     return "{" + ", ".join(f"{k!r}: ..." for k in kwargs) + "}"
+
+
+def conversation_of(kwargs: Any) -> str | None:
+    """The conversation a call job belongs to, for ordering: its ``conversation_id`` keyword
+    when that is a non-empty string (the rule ``celery_wire.lua`` applies too)."""
+    if not isinstance(kwargs, dict):
+        return None
+    value = kwargs.get("conversation_id")
+    return value if isinstance(value, str) and value else None
+
+
+def read_call(item: str | bytes) -> tuple[str, str, str | None] | None:
+    """``(task, task_id, conversation)`` of a task message as LPUSHed on a Redis broker, or
+    ``None`` when it is not one: the Python half of ``celery_wire.lua`` (same rule, compared
+    by a test). Protocol 2 (``headers.task``; body base64 when ``body_encoding`` says so, then
+    ``[args, kwargs, embed]`` or an object with ``args``/``kwargs``) and protocol 1 (body object
+    with ``task``, ``id``, ``kwargs``)."""
+    try:
+        message = json.loads(item)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("body"), str):
+        return None
+    raw: str | bytes = message["body"]
+    properties = message.get("properties")
+    if isinstance(properties, dict) and properties.get("body_encoding") == "base64":
+        try:
+            raw = base64.b64decode("".join(str(raw).split()), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict | list):
+        return None
+    headers = message.get("headers")
+    kwargs: Any
+    if isinstance(headers, dict) and headers.get("task") is not None:
+        task, task_id = headers.get("task"), headers.get("id")
+        if isinstance(payload, list):
+            if len(payload) != 3:
+                return None
+            kwargs = payload[1]
+        elif "args" in payload:
+            kwargs = payload.get("kwargs")
+        else:
+            return None
+    else:
+        if not isinstance(payload, dict):
+            return None
+        task, task_id, kwargs = payload.get("task"), payload.get("id"), payload.get("kwargs")
+    if not isinstance(task, str) or not isinstance(task_id, str):
+        return None
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):  # (Lua cannot tell an empty list from {}: no conversation)
+        return None
+    return task, task_id, conversation_of(kwargs)

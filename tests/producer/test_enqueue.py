@@ -171,13 +171,29 @@ def test_separate_redis_broker_gets_the_job(redis_url: str, redis_client: redis.
         broker.close()
 
 
-def test_conversation_jobs_get_a_sequence_number_in_enqueue_order(
+def test_on_the_redis_broker_the_producer_leaves_numbering_to_the_take(
     producer: Producer, redis_client: redis.Redis
 ) -> None:
+    """One rule for every client: the worker's take numbers a conversation's jobs in broker
+    order, so the Producer takes no number of its own on a Redis broker."""
     a = producer.start(conversation_id="c7", user=USER, message="1", job_id="s-a")
-    producer.start(conversation_id="c7", user=USER, message="1", job_id="s-a")  # duplicate
-    b = producer.reply(conversation_id="c7", user=USER, message="2")
-    c = producer.capabilities(user=USER)  # no conversation: not sequenced
+    producer.reply(conversation_id="c7", user=USER, message="2")
+    names = Names("fin")
+    assert redis_client.hget(names.job(a.id), "seq") is None
+    assert redis_client.get(names.conversation_seq("c7")) is None
+    assert redis_client.llen("fin.calls") == 2
+
+
+def test_with_another_broker_conversation_jobs_get_a_number_in_enqueue_order(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A broker that does not number (RabbitMQ; here Celery's own publish path stands for it):
+    the Producer takes the number in Redis before it publishes."""
+    with Producer(settings_for(redis_url), use_celery=True) as producer:
+        a = producer.start(conversation_id="c7", user=USER, message="1", job_id="s-a")
+        producer.start(conversation_id="c7", user=USER, message="1", job_id="s-a")  # duplicate
+        b = producer.reply(conversation_id="c7", user=USER, message="2")
+        c = producer.capabilities(user=USER)  # no conversation: not sequenced
     names = Names("fin")
     assert redis_client.hget(names.job(a.id), "seq") == "1"
     assert redis_client.hget(names.job(b.id), "seq") == "2"

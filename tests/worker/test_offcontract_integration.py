@@ -139,12 +139,12 @@ def test_messages_that_are_not_valid_jobs_are_dead_lettered_and_never_logged(
         queue="fin.calls",
         task_id=ids["posargs"],
     )
-    # ... one that took its conversation's next sequence number, as fin-relay's producer does
-    seq = int(redis_client.incr(N.conversation_seq(cid)))
+    # ... one with its conversation in the keyword arguments: the take numbers it, and its dead
+    # letter must release the number, or the valid job below would wait for it
     sender.send_task(
         "fin.start",
         args=["urgent"],
-        kwargs={**start_kwargs(cid, marker), "relay": {"sequence": seq}},
+        kwargs=start_kwargs(cid, marker),
         queue="fin.calls",
         task_id=ids["posargs_seq"],
     )
@@ -232,9 +232,10 @@ def test_messages_that_are_not_valid_jobs_are_dead_lettered_and_never_logged(
     # conversation's next job is not held back by the sequence number of the dead one (the
     # hold bound is 60 s here)
     assert letters["posargs_seq"]["conversation_id"] == cid
-    job_id = enqueue_job(redis_client, "fin.start", start_kwargs(cid, "a valid job"), sequence=True)
-    assert int(redis_client.get(N.conversation_seq(cid)) or 0) == seq + 1
-    assert wait_for_result(redis_client, job_id, timeout_s=30).type == "call.succeeded"
+    assert redis_client.hget(N.job(ids["posargs_seq"]), "seq") == "1"  # the take numbered it
+    job_id = enqueue_job(redis_client, "fin.start", start_kwargs(cid, "a valid job"))
+    valid = wait_for_result(redis_client, job_id, timeout_s=30)
+    assert valid.type == "call.succeeded" and valid.data["seq"] == 2
     assert worker.alive()
     log_text = worker.logs()
     assert marker not in log_text
