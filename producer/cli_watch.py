@@ -3,12 +3,15 @@
 Reads the streams (XREAD BLOCK), so nothing published while it runs is missed (unlike
 pub/sub); ``--from-start`` replays what the streams still hold. ``--json`` prints one envelope
 per line for machines. Stops on Ctrl-C or SIGTERM, or after ``--count`` entries or
-``--timeout-s`` seconds.
+``--timeout-s`` seconds. A closed standard output (``fin-relay watch --json | head -3``) ends
+it quietly (exit 141, ``fin_relay.clio``); Redis unavailable: exit 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 import time
@@ -18,6 +21,7 @@ from typing import Any
 
 import redis
 
+from fin_relay.clio import EXIT_OK, EXIT_UNAVAILABLE, pipe_safe
 from fin_relay.contract.envelope import Envelope, stream_conversation_id
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import Names
@@ -49,6 +53,11 @@ def start_positions(client: redis.Redis, streams: list[str], from_start: bool) -
         last: Any = [] if from_start else client.xrevrange(stream, count=1)
         positions[stream] = _text(last[0][0]) if last else "0-0"
     return positions
+
+
+class _StdoutClosed(Exception):
+    """Standard output's reader went away: not an ``OSError``, so ``redis_errors`` (which
+    turns socket errors into "Redis unavailable") lets it through."""
 
 
 class _Stop:
@@ -97,6 +106,7 @@ def tail(
     return emitted
 
 
+@pipe_safe
 def run(args: argparse.Namespace) -> int:
     settings = load(ProducerSettings)
     names = Names(settings.fin_relay_namespace)
@@ -109,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def emit(envelope: Envelope) -> None:
-        print(envelope.to_json() if args.json else line(envelope), flush=True)
+        try:
+            print(envelope.to_json() if args.json else line(envelope), flush=True)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
 
     deadline = time.monotonic() + args.timeout_s if args.timeout_s is not None else None
     try:
@@ -126,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
             )
     except BrokerUnavailableError as exc:
         print(f"fin-relay watch: {exc}", file=sys.stderr)
-        return 3
-    except BrokenPipeError:  # `fin-relay watch | head`
-        return 0
+        return EXIT_UNAVAILABLE
+    except _StdoutClosed:  # `fin-relay watch | head`: pipe_safe ends it quietly
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         client.close()
-    return 0
+    return EXIT_OK

@@ -15,6 +15,11 @@ A message that was not a valid job (``worker/offcontract.py``: an unknown task n
 arguments, an undecodable body) cannot be replayed as it was: its payload keeps what arrived
 (``args``, or the undecoded body as ``raw``) for inspection with ``dead show``, and
 :func:`replay` refuses it, saying why.
+
+A call job whose ``relay.expires_at`` has passed would only die again at once (the worker
+drops an expired job without calling Fin): :func:`replay` refuses it (:class:`ExpiredError`)
+unless asked to give it a new expiry, ``refresh_expiry=True`` (a window as long as the one it
+was enqueued with: ``expires_at`` minus ``enqueued_at_ms``) or ``expires_in_s`` (from now).
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from fin_relay.contract.envelope import Envelope
-from fin_relay.contract.jobs import prepare_replay
+from fin_relay.contract.fin_api import format_fin_time, parse_fin_time
+from fin_relay.contract.jobs import RELAY_KWARG, JobOptions, prepare_replay
 from fin_relay.contract.names import CALL_TASKS, TASK_EVENT
 from fin_relay.producer.enqueue import Producer
 from fin_relay.producer.handle import JobHandle
@@ -38,7 +46,21 @@ _BATCH = 500
 
 
 class DeadLetterError(LookupError):
-    """No such dead letter, or its payload is gone (purged, or expired)."""
+    """No such dead letter, or its payload is gone (purged, or expired), or it cannot be
+    replayed as it is."""
+
+
+class ExpiredError(DeadLetterError):
+    """The job's ``relay.expires_at`` has passed: replayed as it is, it would die again."""
+
+    def __init__(self, dead_id: str, expires_at: str) -> None:
+        super().__init__(
+            f"dead letter {dead_id!r} expired at {expires_at} (relay.expires_at): replayed as "
+            "it is, the worker would drop it again at once; give it a new expiry with "
+            "--refresh-expiry (a window as long as the original one) or --expires-in-s S"
+        )
+        self.dead_id = dead_id
+        self.expires_at = expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +126,68 @@ def _without_message_time(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "message": untimed}
 
 
-def replay(producer: Producer, dead_id: str) -> JobHandle:
+def refreshed_expiry(
+    dead_id: str,
+    kwargs: dict[str, Any],
+    *,
+    refresh_expiry: bool = False,
+    expires_in_s: float | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``kwargs`` with the expiry a replay should carry.
+
+    * ``expires_in_s``: ``relay.expires_at`` = now + that many seconds (any call job);
+    * ``refresh_expiry``: a job that had an ``expires_at`` gets a window as long as the one it
+      was enqueued with (``expires_at`` - ``relay.enqueued_at_ms``), from now;
+    * neither: ``kwargs`` unchanged, but a job whose ``expires_at`` has passed raises
+      :class:`ExpiredError`.
+    """
+    moment = now if now is not None else datetime.now(UTC)
+    relay = kwargs.get(RELAY_KWARG)
+    relay = dict(relay) if isinstance(relay, dict) else {}
+    if expires_in_s is not None:
+        if expires_in_s <= 0:
+            raise ValueError("--expires-in-s must be > 0")
+        new_expiry = moment + timedelta(seconds=expires_in_s)
+        return {**kwargs, RELAY_KWARG: {**relay, "expires_at": format_fin_time(new_expiry)}}
+    try:
+        options = JobOptions.model_validate(relay)
+    except ValidationError:  # the worker dead-letters such a job as invalid: nothing to check
+        return kwargs
+    if options.expires_at is None:
+        return kwargs
+    if not refresh_expiry:
+        if options.expired(moment):
+            raise ExpiredError(dead_id, options.expires_at)
+        return kwargs
+    expires = parse_fin_time(options.expires_at)
+    if options.enqueued_at_ms is None:
+        raise DeadLetterError(
+            f"dead letter {dead_id!r} does not record when it was enqueued (relay.enqueued_at_ms),"
+            " so its original expiry window is unknown: give one with --expires-in-s S"
+        )
+    window = expires - datetime.fromtimestamp(options.enqueued_at_ms / 1000, UTC)
+    if window <= timedelta(0):
+        raise DeadLetterError(
+            f"dead letter {dead_id!r} expired before it was enqueued: give a new expiry with "
+            "--expires-in-s S"
+        )
+    new_expiry = moment + window
+    return {**kwargs, RELAY_KWARG: {**relay, "expires_at": format_fin_time(new_expiry)}}
+
+
+def replay(
+    producer: Producer,
+    dead_id: str,
+    *,
+    refresh_expiry: bool = False,
+    expires_in_s: float | None = None,
+) -> JobHandle:
     """Re-enqueue the dead job/event ``dead_id`` with its original task id (a job whose
-    outcome is unknown, :data:`FRESH_TIMESTAMP_REASONS`, with a fresh message time)."""
+    outcome is unknown, :data:`FRESH_TIMESTAMP_REASONS`, with a fresh message time).
+
+    A call job whose ``relay.expires_at`` has passed is refused (:class:`ExpiredError`) unless
+    ``refresh_expiry`` or ``expires_in_s`` gives it a new one (:func:`refreshed_expiry`)."""
     client = producer.redis_client
     original = payload(client, producer, dead_id)
     task, task_id = str(original["task"]), str(original["task_id"])
@@ -122,6 +203,10 @@ def replay(producer: Producer, dead_id: str) -> JobHandle:
             f"dead letter {dead_id!r} has a body that could not be decoded: nothing to replay"
         )
     kwargs = original["kwargs"]
+    if task in CALL_TASKS.values():
+        kwargs = refreshed_expiry(
+            dead_id, kwargs, refresh_expiry=refresh_expiry, expires_in_s=expires_in_s
+        )
     fresh = task in CALL_TASKS.values() and any(
         d.envelope.data.get("reason") in FRESH_TIMESTAMP_REASONS
         for d in find(client, producer.names.dead, dead_id)

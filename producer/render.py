@@ -23,6 +23,29 @@ def truncate(text: str, limit: int = SUMMARY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def error_text(data: dict[str, Any]) -> str | None:
+    """The error of a ``call.failed`` or dead-letter envelope's ``data`` as one line of text:
+    ``error.message`` (else the ``error`` object as JSON), or ``error`` itself when it is text
+    (an event's or an off-contract message's dead letter), prefixed with Fin's HTTP status
+    when there is one; None when there is no error."""
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message:
+            text = message
+        elif error:
+            text = json.dumps(error, separators=(",", ":"), ensure_ascii=False, default=str)
+        else:
+            return None
+    elif error is None or error == "":
+        return None
+    else:
+        text = str(error)
+    text = _SPACE.sub(" ", text).strip()
+    status = data.get("status")
+    return f"HTTP {status}: {text}" if isinstance(status, int) else text
+
+
 def _call_summary(data: dict[str, Any]) -> str:
     parts = [str(data.get("operation") or data.get("task") or "call"), f"job={data.get('job_id')}"]
     response = data.get("response")
@@ -55,7 +78,9 @@ def summary(envelope: Envelope) -> str:
     if kind.startswith("call."):
         return _call_summary(data)
     if kind.endswith(".dead"):
-        return f"{data.get('task')} id={data.get('dead_id')} reason={data.get('reason')}"
+        head = f"{data.get('task')} id={data.get('dead_id')} reason={data.get('reason')}"
+        error = error_text(data)
+        return f"{head} error: {error}" if error else head
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
 
 

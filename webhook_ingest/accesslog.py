@@ -1,7 +1,9 @@
 """One structured line per webhook request, written without slowing the event loop down.
 
-Fields: ``method``, ``path``, ``status``, ``event_name``, ``conversation_id``, ``dedup``
-(``new``/``duplicate``/``-``), ``error`` (the short code of a refusal) and ``duration_ms``.
+Fields: ``ts`` (ISO-8601 UTC with milliseconds and ``Z``, like every fin-relay log line:
+``observability.iso_ms``), ``log`` (``access``), ``method``, ``path``, ``status``,
+``event_name``, ``conversation_id``, ``dedup`` (``new``/``duplicate``/``ping``/``null``),
+``error`` (the short code of a refusal) and ``duration_ms``.
 Never bodies, signatures or secrets. JSON lines when the stream is not a TTY, a short human line
 otherwise. Lines are buffered and written at most every ``flush_interval_s`` (or when
 ``max_buffered`` accumulate), so logging costs one ``write`` per batch, not one per request.
@@ -14,6 +16,8 @@ import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
+
+from fin_relay.observability import iso_ms
 
 if TYPE_CHECKING:
     from fin_relay.webhook_ingest.metrics import RequestMetrics
@@ -86,7 +90,7 @@ class AccessLog:
         if self._json:
             enc = self._encoded
             line = (
-                f'{{"ts":{time.time():.3f},"log":"access","method":{enc[method]},'
+                f'{{"ts":"{iso_ms(time.time())}","log":"access","method":{enc[method]},'
                 f'"path":{enc[path]},"status":{int(status)},"event_name":{enc[event_name]},'
                 f'"conversation_id":{_str(conversation_id)},"dedup":{enc[dedup]},'
                 f'"error":{enc[error]},"duration_ms":{duration_ms}}}'
@@ -94,7 +98,7 @@ class AccessLog:
         else:
             extra = f" error={error}" if error else ""
             line = (
-                f"{method} {_str(path)} {status} event={_str(event_name)} "
+                f"{iso_ms(time.time())} {method} {_str(path)} {status} event={_str(event_name)} "
                 f"conversation={_str(conversation_id)} dedup={dedup or '-'}{extra} "
                 f"{duration_ms}ms"
             )

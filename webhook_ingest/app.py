@@ -454,7 +454,10 @@ def create_app(**overrides: Any) -> IngestApp:
     """
     settings = load(IngestSettings, **overrides)
     _observability(settings)
+    from fin_relay import observability
     from fin_relay.webhook_ingest.metrics import MetricsEndpoint, RequestMetrics
+
+    observability.enable_metrics(observability.INGEST)  # its own series only, from the start
 
     broker = settings.broker_url if settings.broker_is_redis else settings.redis_url
     app = IngestApp(settings, extra_routes={"/metrics": MetricsEndpoint(broker)})

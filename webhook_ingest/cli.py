@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import math
 import os
+import socket
 import sys
 import weakref
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fin_relay.contract.settings import IngestSettings, load
+from fin_relay.webhook_ingest.app import WEBHOOK_PATH
 
 APP_FACTORY = "fin_relay.webhook_ingest.app:create_app"
 HTTP_PROTOCOL = "fin_relay.webhook_ingest.cli:BoundedHttpToolsProtocol"
@@ -121,7 +125,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the settings, then serve until interrupted."""
+    """Check the settings, bind, say where it listens, then serve until interrupted."""
     # raises ConfigurationError (one line, exit 2) before anything starts
     settings = load(IngestSettings)
     BoundedHttpToolsProtocol.header_timeout_s = settings.fin_relay_header_timeout_s
@@ -139,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=args.host,
@@ -154,9 +159,41 @@ def run(args: argparse.Namespace) -> int:
             settings.fin_relay_body_timeout_s + settings.fin_relay_enqueue_timeout_s + 1
         ),
         access_log=False,
+        # uvicorn's own warnings and errors go through fin-relay's handler (JSON lines, one
+        # timestamp format), not a logging configuration of uvicorn's.
+        log_config=None,
         log_level="warning",
         server_header=False,
         proxy_headers=False,  # nothing uses the client address; saves a middleware per request
         date_header=False,
     )
-    return 0
+    # Bound here (as uvicorn.run would for --workers N), so the start-up line names the port
+    # really bound (--port 0: any free one) and is written only once it accepts connections.
+    sock = config.bind_socket()  # a taken port: uvicorn logs it and exits with status 3
+    sock.listen(config.backlog)
+    announce(sock, args.workers)
+    if args.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
+    config.load_app()
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def announce(sock: socket.socket, workers: int) -> str:
+    """Log (and return) the start-up line: where the ingest listens."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in str(host) else str(host)
+    url = f"http://{shown}:{port}"
+    logging.getLogger("fin_relay.webhook_ingest").info(
+        "fin-relay ingest listening on %s (webhooks: POST %s%s; pid %d, %d server process(es))",
+        url,
+        url,
+        WEBHOOK_PATH,
+        os.getpid(),
+        workers,
+        extra={"url": url, "host": str(host), "port": int(port), "workers": workers},
+    )
+    return url

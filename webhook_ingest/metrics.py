@@ -2,7 +2,10 @@
 
 Per-request counters (``fin_relay_webhooks_total{status}``, ``fin_relay_dedup_hits_total``) are
 incremented by :class:`RequestMetrics` from the access-log hook; the queue depth gauges
-(``fin.calls``, ``fin.events``) are read from the broker at scrape time, with a timeout.
+(``fin.calls``, ``fin.events``) are read from the broker at scrape time, with a timeout. Only
+the ingest's own series are listed (``observability.INGEST_METRICS``; worker series live on the
+workers' ``FIN_RELAY_METRICS_PORT``), also with a ``PROMETHEUS_MULTIPROC_DIR`` shared with
+workers.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class MetricsEndpoint:
             await send({"type": "http.response.body", "body": b""})
             return
         await self._queue_depths()
-        body = observability.metrics_payload()
+        body = observability.metrics_payload(observability.INGEST)
         await send(
             {
                 "type": "http.response.start",

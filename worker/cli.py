@@ -2,12 +2,21 @@
 
 Defaults were chosen by measurement (docs/worker.md): the ``threads`` pool at concurrency 64,
 with one small httpx client per thread.
+
+Once it consumes, a worker logs one start-up line (:func:`announce`): its node name, the queues
+it consumes, the broker (password masked), pool, concurrency and pid. Connected to Celery's
+``worker_ready`` when this module is imported: by ``fin-relay worker``, and by the app's
+start-up check for ``celery -A fin_relay.worker.app worker``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from typing import Any
+
+from celery import signals
 
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE
 from fin_relay.contract.settings import WorkerSettings, load
@@ -96,5 +105,53 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.hostname:
         argv += ["-n", args.hostname]
+    from fin_relay.observability import configure_logging, json_logs
+
+    # Structured from the first line: Celery's own set-up (after_setup_logger) comes later, and
+    # its privilege check warns before it. With JSON lines (not a terminal) Celery's text
+    # banner is left out: the start-up line (announce) says what it said that matters.
+    configure_logging(args.loglevel)
+    if json_logs():
+        argv.insert(0, "--quiet")  # celery's global option: before the sub-command
     app.worker_main(argv)
     return 0
+
+
+def startup_fields(consumer: Any) -> dict[str, Any]:
+    """What the start-up line says, from Celery's consumer (the ``worker_ready`` sender)."""
+    try:
+        queues = [str(q.name) for q in consumer.task_consumer.queues]
+    except AttributeError:
+        queues = [CALLS_QUEUE, EVENTS_QUEUE]
+    app = getattr(consumer, "app", None)
+    broker = str(getattr(getattr(app, "conf", None), "broker_url", None) or "?")
+    pool = getattr(consumer, "pool", None)
+    pool_name = type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else "?"
+    from fin_relay.observability import mask_url
+
+    return {
+        "hostname": str(getattr(consumer, "hostname", None) or f"pid{os.getpid()}"),
+        "queues": queues,
+        "broker": mask_url(broker),
+        "pool": {"thread": "threads"}.get(pool_name, pool_name),
+        "concurrency": getattr(pool, "limit", None),
+        "pid": os.getpid(),
+    }
+
+
+def announce(sender: Any = None, **_: Any) -> None:
+    """The worker's start-up line (``worker_ready``): what it consumes, from where."""
+    fields = startup_fields(sender)
+    logging.getLogger("fin_relay.worker").info(
+        "fin-relay worker %s consuming %s from %s (pool %s, concurrency %s, pid %d)",
+        fields["hostname"],
+        ",".join(fields["queues"]),
+        fields["broker"],
+        fields["pool"],
+        fields["concurrency"],
+        fields["pid"],
+        extra=fields,
+    )
+
+
+signals.worker_ready.connect(announce, weak=False, dispatch_uid="fin_relay.worker.cli.announce")

@@ -1,10 +1,17 @@
 """Prometheus counters of the worker (``fin_relay.observability`` defines them; docs in the
-README). Thin helpers so the call path stays readable; each costs well under a microsecond."""
+README). Thin helpers so the call path stays readable; each costs well under a microsecond.
+
+Importing this module (every worker does, through its tasks) creates the worker's series, and
+only those: a worker's ``/metrics`` (``FIN_RELAY_METRICS_PORT``) lists no ingest series, and
+the ingest's none of these.
+"""
 
 from __future__ import annotations
 
 from fin_relay import observability as obs
 from fin_relay.worker.fin_client import RateLimitInfo
+
+obs.enable_metrics(obs.WORKER)
 
 
 def outcome(operation: str, kind: str, reason: str | None, latency_ms: float) -> None:

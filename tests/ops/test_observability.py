@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -100,6 +101,8 @@ def test_sentry_off_without_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_metrics_exposition_lists_documented_metrics() -> None:
+    observability.enable_metrics(observability.WORKER)
+    observability.enable_metrics(observability.INGEST)
     observability.CALLS.labels("start", "succeeded").inc()
     observability.DEDUP_HITS.inc()
     text = observability.metrics_payload().decode()
@@ -129,6 +132,93 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     record = json.loads(line)
     assert record["msg"] == "job done" and record["job_id"] == "j1"
     assert record["conversation_id"] == "c1" and record["level"] == "info"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["ts"])
+
+
+def test_metrics_belong_to_one_component_each() -> None:
+    worker = {m.family for m in observability.WORKER_METRICS}
+    ingest = {m.family for m in observability.INGEST_METRICS}
+    assert not worker & ingest
+    assert worker | ingest == {m.family for m in observability.ALL_METRICS}
+    assert {"fin_relay_webhooks", "fin_relay_dedup_hits", "fin_relay_queue_depth"} == ingest
+    with pytest.raises(ValueError, match="unknown metrics component"):
+        observability.enable_metrics("bench")
+
+
+def _last_json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    return record
+
+
+def test_json_lines_carry_the_format_strings_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker's lines say ``job=%s conv=%s op=%s outcome=%s ...``: each pair becomes a JSON
+    field of its own (documented names; ints stay ints; ``-`` is null)."""
+    observability.configure_logging("INFO", json_lines=True)
+    log = logging.getLogger("fin_relay.worker.jobs")
+    log.info(
+        "job=%s conv=%s op=%s outcome=%s attempts=%d latency_ms=%.1f seq=%s status=%s reason=%s"
+        " request_id=%s",
+        "j1", "c1", "reply", "failed", 3, 12.345, "-", 400, "fin_error", "req-9",
+    )  # fmt: skip
+    record = _last_json(capsys)
+    assert record["msg"].startswith("job=j1 conv=c1 op=reply outcome=failed attempts=3")
+    assert {k: record[k] for k in ("job_id", "conversation_id", "op", "outcome")} == {
+        "job_id": "j1", "conversation_id": "c1", "op": "reply", "outcome": "failed",
+    }  # fmt: skip
+    assert record["attempts"] == 3 and record["latency_ms"] == 12.3 and record["seq"] is None
+    assert record["status"] == 400 and record["reason"] == "fin_error"
+    assert record["request_id"] == "req-9" and "job" not in record
+
+    log.warning("event=%s conv=%s dead-lettered: %s: %s", "e1", "-", "invalid_event", "x")
+    record = _last_json(capsys)
+    assert record["event_id"] == "e1" and record["conversation_id"] is None
+    assert record["level"] == "warning"
+
+    # extra= wins over a parsed field; templates that cannot be matched by position give none
+    log.info("job=%s done", "parsed", extra={"job_id": "given", "op": "start"})
+    assert _last_json(capsys)["job_id"] == "given"
+    log.info("%(job)s", {"job": "j2"})
+    assert "job_id" not in _last_json(capsys)
+    log.info("job=%*d", 5, 7)
+    assert "job_id" not in _last_json(capsys)
+    log.info("100%% done job=%s", "j3")
+    assert _last_json(capsys)["job_id"] == "j3"
+    log.info("msg=%s level=%s", "not mine", "no")  # never overwrites the line's own keys
+    record = _last_json(capsys)
+    assert record["msg"] == "msg=not mine level=no" and record["level"] == "info"
+
+
+def test_text_lines_use_the_same_timestamp(capsys: pytest.CaptureFixture[str]) -> None:
+    observability.configure_logging("INFO", json_lines=False)
+    logging.getLogger("fin_relay.test").info("hello %s", "there")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO +fin_relay.test: hello there$", line
+    )
+
+
+def test_iso_ms() -> None:
+    assert observability.iso_ms(0.0) == "1970-01-01T00:00:00.000Z"
+    assert observability.iso_ms(1796579101.1239) == "2026-12-06T17:45:01.123Z"
+    assert observability.iso_ms(1796579101.9999) == "2026-12-06T17:45:01.999Z"
+    assert observability.iso_ms(1796579102.0) == "2026-12-06T17:45:02.000Z"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:s3cret@h:6379/0", "redis://user:***@h:6379/0"),
+        ("rediss://u:p%40ss@h:6380/0?ssl_cert_reqs=required", "rediss://u:***@h:6380/0?ssl_cert_reqs=required"),
+        ("redis://h:6379/0?password=s3cret&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("amqp://guest:guest@h:5672/vhost", "amqp://guest:***@h:5672/vhost"),
+        ("sentinel://:a@h1:26379;sentinel://:b@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
+    ],
+)  # fmt: skip
+def test_mask_url(url: str, masked: str) -> None:
+    assert observability.mask_url(url) == masked
 
 
 # --- what Celery logs about a message: never its body or arguments -------------------------

@@ -262,7 +262,7 @@ def test_dead_replay_all_and_purge(redis_url: str, redis_client: redis.Redis) ->
     one = run_cli(redis_url, "dead", "purge", "d1")
     assert one.returncode == 0 and redis_client.xlen(NAMES.dead) == 1
     assert not redis_client.exists(NAMES.dead_payload("d1"))
-    purged = run_cli(redis_url, "dead", "purge", "--all")
+    purged = run_cli(redis_url, "dead", "purge", "--all", "--yes")
     assert purged.returncode == 0 and redis_client.xlen(NAMES.dead) == 0
     assert not redis_client.exists(NAMES.dead_payload("d2"))
     missing = run_cli(redis_url, "dead", "replay", "d2")
@@ -271,7 +271,7 @@ def test_dead_replay_all_and_purge(redis_url: str, redis_client: redis.Redis) ->
 
 def test_conversation_show_unknown(redis_url: str) -> None:
     done = run_cli(redis_url, "conversation", "show", "nobody")
-    assert done.returncode == 0 and "no state" in done.stdout
+    assert done.returncode == 1 and "no state" in done.stderr
 
 
 def test_missing_redis_url_is_a_configuration_error() -> None:
