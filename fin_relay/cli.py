@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from fin_relay import __version__
+from fin_relay.clio import pipe_safe
 from fin_relay.contract.errors import ConfigurationError
 
 #: name -> (module implementing it, one-line help)
@@ -69,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(args_list[1:])
     try:
-        return int(module.run(args) or 0)
+        return int(pipe_safe(module.run)(args) or 0)
     except ConfigurationError as exc:
-        print(f"fin-relay {name}: {exc}", file=sys.stderr)
+        # one line, whatever the message holds (its URLs are already masked)
+        print(f"fin-relay {name}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,8 +3,10 @@
 Checks configuration, Redis (reachability, persistence, eviction policy), the broker's
 visibility timeout against the longest retry delay, late acks, the Fin base URL and token (with
 one harmless request: ``POST /fin/reply`` with an empty body, which Fin answers 401 for a bad
-token and 400 for a good one, creating nothing), and the webhook secrets. Exit code 1 when any
-problem is found.
+token and 400 for a good one, creating nothing), and the webhook secrets. Every configuration
+problem is listed, one line each (a variable wrong for several components once). Exit code 2
+when the configuration has a problem (what would stop ``fin-relay worker``/``ingest``/
+``enqueue`` at start-up), 1 when another problem is found, 0 when none is.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.settings import (
     CommonSettings,
     IngestSettings,
+    ProducerSettings,
     WorkerSettings,
     load,
+    redact_url,
 )
 
 OK, WARN, PROBLEM = "ok", "warn", "problem"
+EXIT_OK, EXIT_PROBLEM, EXIT_CONFIGURATION = 0, 1, 2
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Check:
 @dataclass
 class Report:
     checks: list[Check] = field(default_factory=list)
+    #: configuration problems already reported (a bad REDIS_URL is every component's: once)
+    seen_config_problems: set[str] = field(default_factory=set)
 
     def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
         self.checks.append(Check(name, status, detail, fix))
@@ -50,14 +57,56 @@ class Report:
         return [c for c in self.checks if c.status == PROBLEM]
 
 
+def _config_fix(problem: str) -> str:
+    var = problem.split(" ", 1)[0]
+    if not var.isupper():  # a rule across variables: its message names them
+        return "change the variables it names (environment or .env)"
+    if " is required but " in problem:
+        return f"set {var} in the environment or .env (an empty value counts as unset)"
+    return f"correct {var} in the environment or .env"
+
+
 def _load(cls: type[Any], report: Report, name: str) -> Any:
+    """Load one component's settings; report each of its configuration problems not
+    reported yet (as ``name``: PROBLEM, with its fix)."""
     try:
         settings = load(cls)
     except ConfigurationError as exc:
-        report.add(name, PROBLEM, str(exc), "set the variable in the environment or .env")
+        new = [p for p in exc.problems if p not in report.seen_config_problems]
+        report.seen_config_problems.update(exc.problems)
+        for problem in new:
+            report.add(name, PROBLEM, problem, _config_fix(problem))
+        if not new:
+            report.add(name, WARN, "not checked further: fix the configuration problems above")
         return None
     report.add(name, OK, "configuration valid")
     return settings
+
+
+def check_broker(settings: CommonSettings, report: Report) -> None:
+    """Which broker Celery uses (its password masked); when it is not ``REDIS_URL``, whether
+    it answers."""
+    shown = redact_url(settings.broker_url)
+    if settings.fin_broker_url is None:
+        report.add("broker", OK, f"{shown} (REDIS_URL: FIN_BROKER_URL is unset)")
+        return
+    from kombu import Connection  # type: ignore[attr-defined]
+
+    timeout = settings.fin_relay_redis_timeout_s
+    connection = Connection(settings.broker_url, connect_timeout=timeout)  # type: ignore[no-untyped-call]
+    try:
+        connection.ensure_connection(max_retries=1, timeout=timeout)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # any failure to connect is the finding
+        report.add(
+            "broker",
+            PROBLEM,
+            f"cannot reach the broker {shown} (FIN_BROKER_URL): {type(exc).__name__}",
+            "start the broker or fix FIN_BROKER_URL (leave it empty to use REDIS_URL)",
+        )
+        return
+    finally:
+        connection.release()  # type: ignore[no-untyped-call]
+    report.add("broker", OK, f"{shown} (FIN_BROKER_URL) reachable")
 
 
 def check_redis(settings: CommonSettings, report: Report) -> redis.Redis | None:
@@ -223,6 +272,7 @@ def diagnose(*, offline: bool = False) -> Report:
     common = _load(CommonSettings, report, "config.common")
     if common is not None:
         check_redis(common, report)
+        check_broker(common, report)
     worker = _load(WorkerSettings, report, "config.worker")
     if worker is not None:
         check_worker(worker, report)
@@ -230,7 +280,16 @@ def diagnose(*, offline: bool = False) -> Report:
     ingest = _load(IngestSettings, report, "config.ingest")
     if ingest is not None:
         check_secrets(ingest, report)
+    _load(ProducerSettings, report, "config.producer")
     return report
+
+
+#: Checks that concern one component only (``--only`` leaves out the others').
+_COMPONENT_CHECKS = {
+    "worker": ("config.worker", "worker.", "fin", "broker."),
+    "ingest": ("config.ingest", "ingest."),
+    "producer": ("config.producer",),
+}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -238,22 +297,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--only",
-        choices=["worker", "ingest"],
-        help="check one component's needs only (the other's config is skipped)",
+        choices=list(_COMPONENT_CHECKS),
+        help="check one component's needs only (the others' config is skipped)",
     )
 
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    """Print the report; exit 2 for a configuration problem, 1 for another problem."""
     report = diagnose(offline=args.offline)
     checks = report.checks
-    if args.only == "worker":
-        checks = [c for c in checks if not c.name.startswith(("config.ingest", "ingest."))]
-    elif args.only == "ingest":
-        checks = [
-            c
-            for c in checks
-            if not c.name.startswith(("config.worker", "worker.", "fin", "broker."))
-        ]
+    if args.only is not None:
+        others = tuple(
+            prefix
+            for component, prefixes in _COMPONENT_CHECKS.items()
+            if component != args.only
+            for prefix in prefixes
+        )
+        checks = [c for c in checks if not c.name.startswith(others)]
     if args.json:
         out(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
@@ -266,4 +326,6 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     if not args.json:
         out(f"{len(problems)} problem(s) found" if problems else "no problems found")
     sys.stdout.flush()
-    return 1 if problems else 0
+    if any(c.name.startswith("config.") for c in problems):
+        return EXIT_CONFIGURATION
+    return EXIT_PROBLEM if problems else EXIT_OK

@@ -86,12 +86,15 @@ def arguments_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # First, before reading a body from stdin: a ConfigurationError is one line, exit 2
+    # (fin_relay.cli).
+    settings = load(ProducerSettings)
     try:
         arguments = arguments_from(args)
     except (InvalidJobError, ValueError, OSError) as exc:
         print(f"fin-relay enqueue: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    with Producer(load(ProducerSettings)) as producer:
+    with Producer(settings) as producer:
         try:
             handle = producer.enqueue(args.operation, arguments)
         except InvalidJobError as exc:

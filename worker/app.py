@@ -1,8 +1,11 @@
 """The Celery app: ``celery -A fin_relay.worker.app worker`` (or ``fin-relay worker``).
 
-Importing this module needs no environment: the configuration is built lazily from
-``WorkerSettings`` when Celery first reads it, and a worker with bad or missing settings stops
-at start-up with one line naming the variable (``celeryd_init``).
+Importing this module needs no environment: the configuration is built lazily when Celery
+first reads it. Its broker comes from the common settings (``FIN_BROKER_URL``, else
+``REDIS_URL``), so Celery's own tooling (``celery -A fin_relay.worker.app inspect ping``,
+``events``, ``control``, Flower) works with only those set; a *worker* also needs the Fin
+settings, and one with bad or missing settings stops at start-up with one line naming the
+variable (``celeryd_init``).
 """
 
 from __future__ import annotations
@@ -19,21 +22,27 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 from fin_relay.contract.celery_wire import kwargs_repr
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
-from fin_relay.contract.settings import WorkerSettings, load
+from fin_relay.contract.settings import CommonSettings, WorkerSettings, load
 from fin_relay.worker import heartbeat, offcontract, transport
+from fin_relay.worker.cli import announce
 from fin_relay.worker.runtime import close_runtime, get_runtime
 from fin_relay.worker.tasks import register
 
 log = logging.getLogger("fin_relay.worker")
 
-#: A broker URL that cannot connect, used only when the settings are invalid (the worker
-#: refuses to start before it would try).
+#: A broker URL that cannot connect, used only when even the common settings (``REDIS_URL``,
+#: ``FIN_BROKER_URL``) are invalid (a worker refuses to start before it would try).
 _UNCONFIGURED_BROKER = "redis://unconfigured.invalid:6379/0"
 
 
-def celery_config(settings: WorkerSettings) -> dict[str, Any]:
-    """The Celery settings that keep fin-relay's guarantees (docs/worker.md)."""
-    return {
+def celery_config(settings: CommonSettings) -> dict[str, Any]:
+    """The Celery settings that keep fin-relay's guarantees (docs/worker.md).
+
+    The broker, its transport options, queues and routes need only the common settings (what
+    ``celery inspect``/``control``/``events`` and Flower use); a worker's settings add its task
+    time limit.
+    """
+    conf = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -55,7 +64,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "task_time_limit": settings.fin_relay_task_time_limit_s,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": CALLS_QUEUE,
@@ -73,11 +81,20 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "enable_utc": True,
     }
+    if isinstance(settings, WorkerSettings):
+        conf["task_time_limit"] = settings.fin_relay_task_time_limit_s
+    return conf
 
 
 def _lazy_config() -> dict[str, Any]:
+    """The worker's configuration; without valid Fin settings, the common one (Celery tooling
+    needs only the broker; a worker refuses to start at ``celeryd_init``)."""
     try:
         return celery_config(load(WorkerSettings))
+    except ConfigurationError:
+        pass
+    try:
+        return celery_config(load(CommonSettings))
     except ConfigurationError:
         return {"broker_url": _UNCONFIGURED_BROKER}  # celeryd_init refuses to start
 
@@ -100,6 +117,9 @@ app = create_app()
 
 def _check_settings(**_: Any) -> None:
     """Fail fast, with one line, before the worker connects anywhere."""
+    from fin_relay import observability
+
+    observability.configure_logging("INFO")  # Celery's own start-up warnings as our lines
     try:
         settings = load(WorkerSettings)
     except ConfigurationError as exc:
@@ -111,8 +131,6 @@ def _check_settings(**_: Any) -> None:
     if problems:
         print(f"fin-relay worker: refusing to start: {problems[0]}", file=sys.stderr, flush=True)
         os._exit(2)
-    from fin_relay import observability
-
     observability.init_sentry(settings, "worker")
 
 
@@ -246,6 +264,8 @@ signals.after_setup_logger.connect(_quiet_http_logs, weak=False)
 signals.after_setup_logger.connect(_structured_logs, weak=False)
 signals.before_task_publish.connect(_names_only_reprs, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
+# the start-up line, for `celery -A fin_relay.worker.app worker` as for `fin-relay worker`
+signals.worker_ready.connect(announce, weak=False, dispatch_uid="fin_relay.worker.cli.announce")
 # A queue item that is not a broker message at all becomes a dead letter, not a crash.
 transport.on_undecodable_item = offcontract.dead_letter_broker_item
 signals.task_prerun.connect(_task_started, weak=False)

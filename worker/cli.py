@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import signals
@@ -85,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
     problems = guarantee_problems(settings, app.conf)
     if problems:
-        print(f"fin-relay worker: refusing to start: {problems[0]}")
+        print(f"fin-relay worker: refusing to start: {problems[0]}", file=sys.stderr)
         return 2
     if args.concurrency < 1:
-        print("fin-relay worker: --concurrency must be >= 1")
+        print("fin-relay worker: --concurrency must be >= 1", file=sys.stderr)
         return 2
     argv = [
         "worker",

@@ -6,6 +6,7 @@ so the one retry layer in the worker decides on the class alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -14,7 +15,13 @@ class FinRelayError(Exception):
 
 
 class ConfigurationError(FinRelayError):
-    """Bad or missing configuration, found at start-up. ``str()`` is one line naming the variable."""
+    """Bad or missing configuration, found at start-up. ``str()`` is one line naming the
+    variable (each of them, ``; ``-separated, when several are wrong); ``problems`` lists them
+    one by one. Never holds a secret: URLs appear with their passwords masked."""
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) or [message]
 
 
 class InvalidJobError(FinRelayError, ValueError):

@@ -4,16 +4,27 @@ Field names are the environment variable names, lower-cased (``REDIS_URL`` -> ``
 The documented variables (README) keep their names; tuning knobs fin-relay adds are prefixed
 ``FIN_RELAY_``. Secrets are ``SecretStr``: they never appear in a ``repr`` or a log line.
 Use :func:`load` to build one: a bad or missing value raises :class:`ConfigurationError` with
-one line naming the variable.
+one line naming the variable (every wrong variable, when several are).
+
+One rule for every setting, whatever starts the process (compose, a Procfile, systemd): an
+empty or whitespace-only value means *unset* (``FIN_BROKER_URL=""`` means ``REDIS_URL``,
+``SENTRY_DSN=""`` no Sentry, an empty required secret is missing), and every URL is parsed
+whole at start-up (scheme, host, port, Redis database) so a bad one is refused at load, with
+its password masked in the message, instead of failing later in a connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.fin_api import API_VERSIONS, VersionPolicy
@@ -28,12 +39,176 @@ FIN_DEDUP_WINDOW_S = 300.0  # Fin de-duplicates messages by timestamp within 5 m
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
+#: ``REDIS_URL``: what redis-py connects to (Sentinel belongs in ``FIN_BROKER_URL``).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: ``FIN_BROKER_URL``: the Celery brokers fin-relay supports, Redis and RabbitMQ.
+REDIS_BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+BROKER_SCHEMES = (*REDIS_BROKER_SCHEMES, "amqp", "amqps", "pyamqp", "librabbitmq")
+_SOCKET_SCHEMES = ("unix", "redis+socket")  # a socket path, no host
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
 
-def _check_redis_url(value: str, var: str) -> str:
-    scheme = urlsplit(value).scheme
-    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
-        raise ValueError(f"{var} must be a redis://, rediss:// or unix:// URL")
+
+# --- URLs: parsed whole at start-up, shown with their passwords masked -----------------------
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (``redis://:***@host:6379/0``), for messages and logs.
+
+    A user part without a password is masked whole (``https://***@o1.ingest.sentry.io/1``: a
+    Sentry DSN's key, or a Redis password written without its colon), and so are query values
+    whose name suggests a secret. A list of URLs (``sentinel://a;sentinel://b``) is masked each.
+    """
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    authority_end = len(rest)
+    for char in "/?#":
+        position = rest.find(char)
+        if position != -1:
+            authority_end = min(authority_end, position)
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        authority = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        pairs = [
+            f"{key}={'***' if _SECRET_QUERY_KEYS.search(key) else value}" if eq else key
+            for key, eq, value in (item.partition("=") for item in query.split("&"))
+        ]
+        tail = f"{path}?{'&'.join(pairs)}{hash_}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def _schemes_text(schemes: Sequence[str]) -> str:
+    names = [f"{s}://" for s in schemes]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _split_url(value: str, schemes: Sequence[str], *, example: str) -> SplitResult:
+    """Parse ``value`` whole (scheme, host, port), or raise ``ValueError`` saying what is wrong
+    (the URL shown with its password masked; a wrong scheme shows the scheme only)."""
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. an unbalanced [IPv6] bracket
+        raise ValueError(f"is not a valid URL: {exc} ({shown})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        got = f"{scheme}://" if scheme and "://" in value else "no scheme"
+        raise ValueError(
+            f"must be a {_schemes_text(schemes)} URL such as {example} (got {got})"
+        ) from None
+    if scheme in _SOCKET_SCHEMES:
+        if parts.netloc.rpartition("@")[2] or not parts.path.strip("/"):
+            raise ValueError(f"must name a socket path ({scheme}:///path/to/redis.sock)")
+        return parts
+    if not parts.hostname:
+        raise ValueError(f"has no host ({shown})")
+    host = parts.hostname
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"has an invalid host ({shown})") from None
+    elif not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"has an invalid host ({shown})")
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"has an invalid port {raw!r} ({shown})") from None
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError(f"has an invalid port ({shown})")
+    return parts
+
+
+def _check_db_path(parts: SplitResult, shown: str) -> None:
+    """A Redis URL's path is the database number: empty, ``/`` or ``/N``."""
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"has an invalid database {db!r}: the path must be /0, /1, ... ({shown})")
+
+
+def _check_redis_url(value: str) -> str:
+    parts = _split_url(value, REDIS_SCHEMES, example="redis://host:6379/0")
+    shown = redact_url(value)
+    if parts.scheme.lower() != "unix":
+        _check_db_path(parts, shown)
+    from redis.connection import parse_url  # query arguments as redis-py reads them
+
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # redis-py's messages name the argument, never a value
+        raise ValueError(f"is not a URL redis-py accepts: {exc} ({shown})") from None
     return value
+
+
+def _check_broker_url(value: str) -> str:
+    shown = redact_url(value)
+    parts_list = value.split(";")  # kombu: a failover list, e.g. sentinel://a;sentinel://b
+    for text in parts_list:
+        if not text.strip():
+            raise ValueError(f"has an empty URL in its ';'-separated list ({shown})")
+        parts = _split_url(text.strip(), BROKER_SCHEMES, example="amqp://host:5672/vhost")
+        if parts.scheme.lower() in ("redis", "rediss", "sentinel"):
+            _check_db_path(parts, shown)
+    return ";".join(text.strip() for text in parts_list)
+
+
+def _check_sentry_dsn(value: str) -> str:
+    shown = redact_url(value)
+    parts = _split_url(value, ("http", "https"), example="https://<key>@o0.ingest.sentry.io/0")
+    if not parts.username:
+        raise ValueError(f"has no public key (https://<key>@host/<project>) ({shown})")
+    project = parts.path.rstrip("/").rpartition("/")[2]
+    if not project.isdigit():
+        raise ValueError(f"must end with the numeric project id ({shown})")
+    return value
+
+
+# --- empty means unset --------------------------------------------------------------------
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+class _BlankIsUnset(PydanticBaseSettingsSource):
+    """One settings source (init arguments, the environment, ``.env``) with every empty or
+    whitespace-only value left out, as if the variable were not set, and the other values
+    stripped of surrounding whitespace (``FIN_BROKER_URL=""`` means ``REDIS_URL``,
+    ``SENTRY_DSN=""`` no Sentry, ``FIN_API_TOKEN=" "`` is missing)."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+        self.__name__ = getattr(inner, "__name__", type(inner).__name__)
+
+    def _set_current_state(self, state: dict[str, Any]) -> None:
+        super()._set_current_state(state)
+        self.inner._set_current_state(state)
+
+    def _set_settings_sources_data(self, states: dict[str, dict[str, Any]]) -> None:
+        super()._set_settings_sources_data(states)
+        self.inner._set_settings_sources_data(states)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            key: value.strip() if isinstance(value, str) else value
+            for key, value in self.inner().items()
+            if not _blank(value)
+        }
 
 
 class CommonSettings(BaseSettings):
@@ -55,11 +230,41 @@ class CommonSettings(BaseSettings):
     fin_relay_stream_maxlen: PositiveInt = 100_000
     fin_relay_redis_timeout_s: PositiveFloat = 2.0
     fin_relay_environment: str = "production"
+    # Celery/Redis redelivers unacked messages after this; no countdown may come near it. Every
+    # Celery client of a Redis broker (worker, ``celery inspect``, ...) must use the same value.
+    fin_relay_visibility_timeout_s: PositiveFloat = 3600.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources and order, each with empty values meaning unset."""
+        return tuple(
+            _BlankIsUnset(source)
+            for source in (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        )
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        return _check_redis_url(value, "REDIS_URL")
+        return _check_redis_url(value)
+
+    @field_validator("fin_broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_broker_url(value)
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_sentry_dsn(value.get_secret_value())
+        return value
 
     @field_validator("fin_relay_namespace")
     @classmethod
@@ -68,6 +273,15 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be non-empty, without spaces, braces or ':'")
         return value
 
+    @model_validator(mode="after")
+    def _broker_from_redis_url(self) -> CommonSettings:
+        if self.fin_broker_url is None and urlsplit(self.redis_url).scheme.lower() == "unix":
+            raise ValueError(
+                "REDIS_URL is a unix:// socket, which Celery cannot use as its broker: "
+                "set FIN_BROKER_URL (redis+socket:///path/to/redis.sock)"
+            )
+        return self
+
     @property
     def broker_url(self) -> str:
         """The Celery broker: ``FIN_BROKER_URL``, else ``REDIS_URL``."""
@@ -75,7 +289,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def broker_is_redis(self) -> bool:
-        return urlsplit(self.broker_url).scheme in ("redis", "rediss", "unix", "sentinel")
+        return urlsplit(self.broker_url).scheme.lower() in REDIS_BROKER_SCHEMES
 
 
 class FinVersionSettings(CommonSettings):
@@ -115,8 +329,6 @@ class WorkerSettings(FinVersionSettings):
     fin_relay_backoff_max_s: PositiveFloat = 30.0
     # Total retry deadline of a message-bearing call: under Fin's 5-minute de-dup window.
     fin_relay_retry_deadline_s: PositiveFloat = 240.0
-    # Celery/Redis redelivers unacked messages after this; no countdown may come near it.
-    fin_relay_visibility_timeout_s: PositiveFloat = 3600.0
     fin_relay_sequence_hold_max_s: PositiveFloat = 120.0
     fin_relay_auth_probe_interval_s: PositiveFloat = 15.0
     fin_relay_task_time_limit_s: PositiveFloat = 120.0
@@ -127,12 +339,23 @@ class WorkerSettings(FinVersionSettings):
     # reconnect" failure. 0 turns the watchdog off.
     fin_relay_stuck_consumer_s: Annotated[float, Field(ge=0)] = 120.0
 
+    @field_validator("fin_api_token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("fin_api_base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL such as https://api.intercom.io")
+        parts = _split_url(value, ("http", "https"), example="https://api.intercom.io")
+        if "@" in parts.netloc:
+            raise ValueError(
+                f"must not hold credentials (the token is FIN_API_TOKEN) ({redact_url(value)})"
+            )
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            raise ValueError("must not have a query or fragment (https://api.intercom.io)")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -175,8 +398,14 @@ class IngestSettings(CommonSettings):
     @field_validator("fin_webhook_secrets")
     @classmethod
     def _secrets(cls, value: SecretStr) -> SecretStr:
-        if not [s for s in value.get_secret_value().split(",") if s.strip()]:
-            raise ValueError("at least one non-empty secret is required")
+        entries = value.get_secret_value().split(",")
+        for position, entry in enumerate(entries, 1):
+            if not entry.strip():
+                raise ValueError(
+                    "must not be empty"
+                    if len(entries) == 1
+                    else f"entry {position} of {len(entries)} is empty (a stray comma?)"
+                )
         return value
 
     @field_validator("fin_relay_webhook_secret_encoding", mode="before")
@@ -219,16 +448,34 @@ class ProducerSettings(FinVersionSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
+def _env_is_blank(var: str) -> bool:
+    """Is ``var`` set in the environment, but empty or whitespace-only?"""
+    return any(key.upper() == var and _blank(value) for key, value in os.environ.items())
+
+
+def configuration_problems(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
+    """Every problem of a failed settings validation, each one line naming its variable.
+    Input values never appear (``hide_input_in_errors``; URLs are shown masked)."""
+    problems = []
+    for error in exc.errors():
+        var = ".".join(str(p) for p in error["loc"]).upper()
+        msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            blank = bool(var) and _env_is_blank(var)
+            msg = f"is required but {'empty (empty means unset)' if blank else 'not set'}"
+        problem = f"{var} {msg}" if var else msg
+        if problem not in problems:
+            problems.append(problem)
+    return problems or [f"{cls.__name__} is invalid"]
+
+
 def load(cls: type[S], **overrides: Any) -> S:
-    """Build settings, turning a validation error into one line that names the variable."""
+    """Build settings; a validation error becomes a :class:`ConfigurationError`: one line
+    naming each variable that is wrong (``problems`` lists them one by one)."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) if first["loc"] else ""
-        var = loc.upper() if loc else cls.__name__
-        msg = first["msg"]
-        if first["type"] == "missing":
-            msg = "is required but not set"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigurationError(f"configuration error: {var} {msg}{more}".strip()) from None
+        problems = configuration_problems(exc, cls)
+        raise ConfigurationError(
+            f"configuration error: {'; '.join(problems)}", problems=problems
+        ) from None

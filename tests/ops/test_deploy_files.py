@@ -1,9 +1,12 @@
 """docker-compose.yml, Procfile, requirements.txt, Dockerfile and .dockerignore: parsed, and
 every service's command line actually run.
 
-No Docker engine runs on these machines (and ``docker compose config`` is not installed), so the
-compose file is checked by parsing it and running each service's command with the environment
-it declares, pointed at a private Redis on a free port.
+No Docker engine runs on these machines, so the compose file is checked by parsing it, resolving
+its ``${VAR:-default}`` / ``${VAR:?error}`` interpolation as Compose does (cross-checked against
+``docker compose config`` / ``docker-compose config`` where one is installed), and running each
+service's command with exactly the environment Compose would give its container, with the
+compose host names (``redis``, ``simulator``, ``ingest-local``) pointed at private servers on
+free ports.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,25 +84,95 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
                 proc.wait()
 
 
-def _compose_env(
-    compose: dict[str, Any], service: str, redis_url: str, **extra: str
+class ComposeInterpolationError(ValueError):
+    """``${VAR:?message}`` with VAR unset or empty: Compose refuses the whole file."""
+
+
+_INTERPOLATION = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_]\w*))")
+_BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.DOTALL)
+
+
+def interpolate(text: str, host_env: Mapping[str, str]) -> str:
+    """``text`` with Compose's interpolation applied, from the environment ``docker compose``
+    runs in: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?error}``, ``${VAR?error}``, ``${VAR:+alt}``, ``${VAR+alt}``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        if match.group("plain"):
+            return host_env.get(match.group("plain"), "")
+        braced = _BRACED.fullmatch(match.group("braced"))
+        assert braced, f"bad interpolation {match.group(0)!r}"
+        name, op, arg = braced.group("name"), braced.group("op"), braced.group("arg") or ""
+        value = host_env.get(name)
+        if op is None:
+            return value or ""
+        # ":-", ":?", ":+" treat an empty variable as unset; "-", "?", "+" only an unset one
+        present = bool(value) if op.startswith(":") else value is not None
+        if op.endswith("-"):
+            return value if present and value is not None else arg
+        if op.endswith("?"):
+            if not present or value is None:
+                raise ComposeInterpolationError(f"{name}: {arg}")
+            return value
+        return arg if present else ""  # "+" / ":+"
+
+    return _INTERPOLATION.sub(substitute, text)
+
+
+def compose_environment(
+    compose: dict[str, Any], service: str, host_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
+    """The environment Compose gives ``service``'s container, empty values included (an unset
+    ``${FIN_BROKER_URL:-}`` is passed as ``FIN_BROKER_URL=""``)."""
     declared = compose["services"][service].get("environment", {})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIN_", "REDIS_URL"))}
-    for key, value in declared.items():
-        text = str(value)
-        if text.startswith("${"):  # ${VAR:-default}
-            inner = text[2:-1]
-            text = inner.split(":-", 1)[1] if ":-" in inner else ""
-        env[key] = text
-    env["REDIS_URL"] = redis_url  # the compose host name "redis" -> our private server
-    env.update(extra)
-    return {k: v for k, v in env.items() if v != "" or not k.startswith(("FIN_", "SENTRY"))}
+    if isinstance(declared, list):  # ["KEY=value", ...]
+        declared = dict(item.split("=", 1) if "=" in item else (item, "") for item in declared)
+    host = dict(host_env or {})
+    return {key: interpolate(str(value), host) for key, value in declared.items()}
 
 
-def _argv(command: list[str], port: int) -> list[str]:
+def _retarget(text: str, hosts: Mapping[str, str]) -> str:
+    """Compose host names (``redis:6379``) -> this machine's servers (``127.0.0.1:PORT``)."""
+    for compose_host, local in hosts.items():
+        text = text.replace(f"//{compose_host}", f"//{local}").replace(
+            f"@{compose_host}", f"@{local}"
+        )
+    return text
+
+
+def _process_env(
+    compose: dict[str, Any],
+    service: str,
+    hosts: Mapping[str, str],
+    host_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """This machine's environment without FIN_*/REDIS_URL/SENTRY_DSN, plus exactly what Compose
+    gives the container (its host names retargeted)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIN_", "REDIS_URL", "SENTRY"))}
+    for key, value in compose_environment(compose, service, host_env).items():
+        env[key] = _retarget(value, hosts)
+    return env
+
+
+def _redis_host(redis_url: str) -> dict[str, str]:
+    return {"redis:6379": redis_url.split("://", 1)[1].split("/", 1)[0]}
+
+
+def _compose_env(
+    compose: dict[str, Any],
+    service: str,
+    redis_url: str,
+    host_env: Mapping[str, str] | None = None,
+    **hosts: str,
+) -> dict[str, str]:
+    return _process_env(compose, service, {**_redis_host(redis_url), **hosts}, host_env)
+
+
+def _argv(command: list[str], port: int, hosts: Mapping[str, str] | None = None) -> list[str]:
     assert command[0] == "fin-relay", command
-    args = [("127.0.0.1" if a == "0.0.0.0" else a) for a in command[1:]]
+    args = [_retarget("127.0.0.1" if a == "0.0.0.0" else a, hosts or {}) for a in command[1:]]
     if "--port" in args:
         args[args.index("--port") + 1] = str(port)
     return [*FIN_RELAY, *args]
@@ -141,9 +214,132 @@ def test_compose_services_have_healthchecks_and_scale(compose: dict[str, Any]) -
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N works
 
 
+def test_compose_interpolation_is_resolved_as_compose_does() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("${SET:-d}|${EMPTY:-d}|${UNSET:-d}", env) == "v|d|d"
+    assert interpolate("${SET-d}|${EMPTY-d}|${UNSET-d}", env) == "v||d"
+    assert interpolate("${SET:+a}|${EMPTY:+a}|${EMPTY+a}|${UNSET+a}", env) == "a||a|"
+    assert interpolate("$SET ${SET} $$HOSTNAME ${UNSET}", env) == "v v $HOSTNAME "
+    assert interpolate("${SET:?need it}", env) == "v"
+    with pytest.raises(ComposeInterpolationError, match="EMPTY: need it"):
+        interpolate("${EMPTY:?need it}", env)
+    assert interpolate("${EMPTY?need it}", env) == ""
+    with pytest.raises(ComposeInterpolationError):
+        interpolate("${UNSET?need it}", env)
+
+
+def _compose_binary() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.parametrize(
+    "host_env",
+    [{}, {"FIN_API_TOKEN": "t", "FIN_WEBHOOK_SECRETS": "s", "FIN_BROKER_URL": "amqp://r//"}],
+    ids=["no-secrets", "secrets"],
+)
+def test_the_resolver_agrees_with_docker_compose_config(
+    compose: dict[str, Any], host_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Where a Compose binary is installed, ``config`` (which needs no Docker engine) renders
+    every service's environment as :func:`compose_environment` does."""
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("neither 'docker compose' nor 'docker-compose' is installed")
+    shutil.copyfile(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **host_env}
+    rendered = subprocess.run(
+        [*binary, "--profile", "local", "config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    services = yaml.safe_load(rendered.stdout)["services"]
+    assert set(services) == set(compose["services"])
+    for name, service in services.items():
+        theirs = {k: "" if v is None else str(v) for k, v in service.get("environment", {}).items()}
+        assert theirs == compose_environment(compose, name, host_env), name
+
+
+PRODUCTION = ("ingest", "worker")
+LOCAL = {"ingest-local": "ingest", "worker-local": "worker"}
+
+
+def test_compose_defaults_no_secret_and_the_local_profile_points_at_the_simulator(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in PRODUCTION:  # a shell without the secrets gives the containers none
+        env = compose_environment(compose, name, {})
+        assert env["FIN_API_TOKEN"] == "" and env["FIN_WEBHOOK_SECRETS"] == "", name
+        assert env["FIN_API_BASE_URL"] == "https://api.intercom.io"
+        assert env["FIN_BROKER_URL"] == "" and env["SENTRY_DSN"] == ""  # empty = unset
+        assert "profiles" not in services[name]  # `docker compose up -d` starts them
+    simulator = services["simulator"]["command"]
+    token = simulator[simulator.index("--token") + 1]
+    secret = simulator[simulator.index("--secret") + 1]
+    callback = simulator[simulator.index("--callback-url") + 1]
+    for name, role in LOCAL.items():
+        service = services[name]
+        assert service.get("profiles") == ["local"] and "healthcheck" in service
+        assert service["command"] == services[role]["command"]
+        # even with a real token in the shell, the local services use the simulator's
+        env = compose_environment(
+            compose, name, {"FIN_API_TOKEN": "real", "FIN_WEBHOOK_SECRETS": "real"}
+        )
+        assert env["FIN_API_BASE_URL"] == "http://simulator:8080"
+        assert (env["FIN_API_TOKEN"], env["FIN_WEBHOOK_SECRETS"]) == (token, secret)
+        # a Redis database of their own: never the production services' queues
+        assert env["REDIS_URL"] == "redis://redis:6379/1" and env["FIN_BROKER_URL"] == ""
+    assert callback.startswith("http://ingest-local:8000/")
+    assert services["ingest-local"]["ports"] != services["ingest"]["ports"]
+    assert compose_environment(compose, "ingest", {})["REDIS_URL"] == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        ("ingest", ["FIN_WEBHOOK_SECRETS"]),
+        ("worker", ["FIN_API_TOKEN"]),
+        ("doctor", ["FIN_API_TOKEN", "FIN_WEBHOOK_SECRETS"]),
+    ],
+)
+def test_compose_services_refuse_to_start_without_secrets(
+    compose: dict[str, Any], redis_url: str, argv: str, missing: list[str]
+) -> None:
+    """Exactly Compose's environment from a shell without the secrets: one line naming the
+    variable, exit 2 (``doctor --offline`` in the worker's container lists both)."""
+    service = "ingest" if argv == "ingest" else "worker"
+    env = _compose_env(compose, service, redis_url)
+    if argv == "doctor":
+        command = [*FIN_RELAY, "doctor", "--offline"]
+    else:
+        command = _argv(compose["services"][service]["command"], free_port())
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    if argv == "doctor":
+        problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
+        for var in missing:
+            assert any(f"{var} is required but empty" in line for line in problems), problems
+        assert "REDIS_URL" in result.stdout and "FIN_BROKER_URL is unset" in result.stdout
+        return
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"fin-relay {argv}: configuration error: {missing[0]} is required but empty " + (
+        "(empty means unset)"
+    )
+
+
 def test_compose_ingest_command_serves(compose: dict[str, Any], redis_url: str, spawn: Any) -> None:
     port = free_port()
-    env = _compose_env(compose, "ingest", redis_url, FIN_WEBHOOK_SECRETS="compose-secret")
+    env = _compose_env(compose, "ingest", redis_url, {"FIN_WEBHOOK_SECRETS": "compose-secret"})
+    assert env["FIN_BROKER_URL"] == "" and env["SENTRY_DSN"] == ""  # given to it empty
     proc = spawn(_argv(compose["services"]["ingest"]["command"], port), env)
     _wait(
         lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200,
@@ -175,11 +371,63 @@ def test_compose_worker_and_simulator_commands_run(
         sim,
         "compose simulator",
     )
-    env = _compose_env(
-        compose, "worker", redis_url, FIN_API_BASE_URL=f"http://127.0.0.1:{sim_port}"
-    )
+    host_env = {"FIN_API_TOKEN": "sim-token", "FIN_API_BASE_URL": f"http://127.0.0.1:{sim_port}"}
+    env = _compose_env(compose, "worker", redis_url, host_env)
+    assert env["FIN_BROKER_URL"] == ""  # empty: the broker is REDIS_URL (it consumes there)
     worker = spawn(_argv(compose["services"]["worker"]["command"], 0), env)
     _wait(_worker_ready(redis_url, worker.pid), worker, "compose worker", 60)
+
+
+def test_compose_local_profile_runs_end_to_end_without_any_variable(
+    compose: dict[str, Any], redis_url: str, spawn: Any, tmp_path: Path
+) -> None:
+    """``docker compose --profile local up`` from a shell with no FIN_* variable: the simulator,
+    ingest-local and worker-local with exactly Compose's environment. A job goes to the
+    simulator with the local token and succeeds; the simulator's signed webhooks pass the
+    local ingest and the local worker publishes them: every secret matches."""
+    sim_port, ingest_port = free_port(), free_port()
+    hosts = {
+        **_redis_host(redis_url),
+        "simulator:8080": f"127.0.0.1:{sim_port}",
+        "ingest-local:8000": f"127.0.0.1:{ingest_port}",
+    }
+    services = compose["services"]
+    sim = spawn(_argv(services["simulator"]["command"], sim_port, hosts), dict(os.environ))
+    _wait(
+        lambda: httpx.get(f"http://127.0.0.1:{sim_port}/_sim/health", timeout=1).is_success,
+        sim,
+        "compose simulator",
+    )
+    ingest_env = _process_env(compose, "ingest-local", hosts)
+    ingest = spawn(_argv(services["ingest-local"]["command"], ingest_port, hosts), ingest_env)
+    _wait(
+        lambda: httpx.get(f"http://127.0.0.1:{ingest_port}/readyz", timeout=1).is_success,
+        ingest,
+        "compose ingest-local",
+    )
+    worker_env = _process_env(compose, "worker-local", hosts)
+    local_redis = worker_env["REDIS_URL"]
+    assert local_redis.endswith("/1") and local_redis != redis_url
+    worker = spawn(_argv(services["worker-local"]["command"], 0, hosts), worker_env)
+    _wait(_worker_ready(local_redis, worker.pid), worker, "compose worker-local", 60)
+    enqueue = subprocess.run(
+        [*FIN_RELAY, "enqueue", "start", "--conversation-id", "compose-local-1",
+         "--user-id", "u1", "--message", "hello", "--wait", "--timeout-s", "60"],
+        env=worker_env, capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )  # fmt: skip
+    assert enqueue.returncode == 0, enqueue.stdout + enqueue.stderr
+    assert '"call.succeeded"' in enqueue.stdout, enqueue.stdout
+    client = redis.Redis.from_url(local_redis, decode_responses=True)
+    try:
+
+        def event_published() -> bool:
+            entries = client.xrange("fin:events")
+            return any("compose-local-1" in json.dumps(fields) for _id, fields in entries)
+
+        _wait(event_published, worker, "a simulator webhook published by worker-local", 60)
+    finally:
+        client.close()
+    assert redis.Redis.from_url(redis_url).llen("fin.calls") == 0  # db 0 untouched
 
 
 def test_procfile_commands_run(redis_url: str, spawn: Any) -> None:

@@ -65,7 +65,7 @@ def test_broken_setup_names_each_problem_with_a_fix(
     monkeypatch.setenv("FIN_API_BASE_URL", sim.base_url)
     code, lines = _run()
     text = "\n".join(lines)
-    assert code == 1
+    assert code == 2  # config.ingest (FIN_WEBHOOK_SECRETS) is a configuration problem
     problems = [line for line in lines if line.startswith("PROBLEM")]
     names = {line.split()[1].rstrip(":") for line in problems}
     assert {"redis.eviction", "redis.persistence", "fin.token", "config.ingest"} <= names, text
@@ -84,8 +84,79 @@ def test_doctor_cli_json_and_exit_code(tmp_path: Any) -> None:
         timeout=60,
         cwd=tmp_path,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a configuration problem (FIN_API_TOKEN): 2, not 1
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert checks["redis"]["status"] == "problem" and "REDIS_URL" in checks["redis"]["fix"]
     assert checks["config.worker"]["status"] == "problem"
     assert "FIN_API_TOKEN" in checks["config.worker"]["detail"]
+
+
+def _doctor(env: dict[str, str], *args: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fin_relay.cli", "doctor", "--offline", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def test_doctor_lists_every_configuration_problem_once_and_exits_2(tmp_path: Any) -> None:
+    password = "doctor-pw-77"
+    env = {
+        "REDIS_URL": f"redis://:{password}@127.0.0.1:notaport/0",
+        "FIN_API_TOKEN": "  ",
+        "FIN_API_BASE_URL": "https://api.intercom.io:443x",
+        "FIN_WEBHOOK_SECRETS": "one,",
+        "FIN_RELAY_ENQUEUE_TIMEOUT_S": "-1",
+    }
+    proc = _doctor(env, "--json", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert password not in proc.stdout + proc.stderr
+    problems = [c for c in json.loads(proc.stdout) if c["status"] == "problem"]
+    details = [c["detail"] for c in problems]
+    assert all(c["name"].startswith("config.") for c in problems), problems
+    for expected in (
+        "REDIS_URL has an invalid port 'notaport' (redis://:***@127.0.0.1:notaport/0)",
+        "FIN_API_TOKEN is required but empty",
+        "FIN_API_BASE_URL has an invalid port '443x'",
+        "FIN_WEBHOOK_SECRETS entry 2 of 2 is empty",
+        "FIN_RELAY_ENQUEUE_TIMEOUT_S",
+    ):
+        assert sum(expected in d for d in details) == 1, (expected, details)  # once each
+    assert not any("more)" in d for d in details)
+    for check in problems:  # each with its fix, naming the variable
+        assert check["detail"].split()[0] in check["fix"], check
+
+
+def test_doctor_reports_an_empty_broker_url_as_redis_url(redis_url: str, tmp_path: Any) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "FIN_BROKER_URL": "",
+        "SENTRY_DSN": " ",
+        "FIN_API_TOKEN": "t",
+        "FIN_WEBHOOK_SECRETS": SECRET,
+    }
+    proc = _doctor(env, cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stdout  # no configuration problem
+    assert "ok      config.common: configuration valid" in proc.stdout
+    broker = [line for line in proc.stdout.splitlines() if " broker: " in line]
+    assert broker == [f"ok      broker: {redis_url} (REDIS_URL: FIN_BROKER_URL is unset)"]
+
+
+def test_doctor_checks_a_separate_broker_and_masks_its_password(
+    redis_url: str, tmp_path: Any
+) -> None:
+    from fin_relay.embedded_redis import free_port
+
+    env = {
+        "REDIS_URL": redis_url,
+        "FIN_BROKER_URL": f"amqp://relay:broker-pw-1@127.0.0.1:{free_port()}//",
+        "FIN_API_TOKEN": "t",
+        "FIN_WEBHOOK_SECRETS": SECRET,
+    }
+    proc = _doctor(env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout  # a problem, not a configuration one
+    assert "broker-pw-1" not in proc.stdout + proc.stderr
+    assert "PROBLEM broker: cannot reach the broker amqp://relay:***@127.0.0.1:" in proc.stdout

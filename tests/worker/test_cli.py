@@ -56,7 +56,7 @@ def test_refuses_visibility_timeout_below_countdowns() -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "refusing to start: FIN_RELAY_VISIBILITY_TIMEOUT_S" in proc.stdout
+    assert "refusing to start: FIN_RELAY_VISIBILITY_TIMEOUT_S" in proc.stderr
 
 
 def test_guarantees_checked_on_the_celery_config() -> None:
