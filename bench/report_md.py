@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fin_relay.bench.report import _fmt, _md_table, _verdict, rows
+from fin_relay.bench.report import _fmt, _md_table, _verdict, goal_rounds, rows
 
 METHOD = """\
 ## Method: fair comparisons
@@ -28,15 +28,22 @@ rate-limit scenario).
 | scenario | fin-relay | compared with |
 |---|---|---|
 | ingest | `fin-relay ingest`: verify HMAC, parse, replay check, de-dup + enqueue (coalesced Lua), access log on | *ceiling*: raw ASGI answering 200 without reading the body or Redis; *bare*: raw ASGI, read body + HMAC + one awaited `LPUSH`; *FastAPI + delay()*: FastAPI route, HMAC over the raw body, `json.loads`, `task.delay(payload)` (`bench/bare_apps.py`) |
-| worker | `celery -A fin_relay.worker.app worker -P threads -c 64` | a bare Celery task doing one httpx POST + one XADD of the result, `acks_late`, prefetch 1, same pool/concurrency (`bench/worker_bench.py`); the same task on Celery's default prefork pool at its default concurrency (= CPU count) |
+| worker | `celery -A fin_relay.worker.app worker -P threads -c 64`, fed `fin.start` jobs by a plain `Celery(broker=...).send_task("fin.start", kwargs=..., queue="fin.calls")` (the documented wire contract) | a bare Celery task doing one httpx POST + one XADD of the result, `acks_late`, prefetch 1, same pool/concurrency (`bench/worker_bench.py`), fed by the same plain client with its own task name; the same task on Celery's default prefork pool at its default concurrency (= CPU count) |
 | rate limit | 2 workers, fleet-wide limiter, `FIN_RATE_LIMIT_PER_MINUTE=Q` | 2 workers, `@app.task(rate_limit="Q/2 per minute", autoretry_for=(httpx.HTTPError,), retry_backoff=True)` (`bench/naive_celery.py`) |
 | producer | `Producer.start(...)` (validation, timestamp, sequence number, one EVALSHA) | `Celery.send_task("fin.start", kwargs=...)` of the same job |
 | simulator | `/fin/start` at 50 ms latency, webhooks on (to a fast sink) | a raw ASGI app that sleeps 50 ms and answers |
 
-Worker jobs/s = N / (last job end - first job start), jobs enqueued before the worker starts
-(worker start-up excluded). Rate-limit utilisation = successful calls in the complete 10 s
+Worker jobs/s, two modes, each round running fin-relay then the bare task (same job count,
+same simulator latency), each goal the median of the rounds' ratios: *sending while consuming*:
+the worker starts on an empty broker and answers a remote-control `ping`, then a plain Celery
+client (`bench/celery_sender.py`, its own process, one `send_task` per job, as fast as it can)
+sends the jobs while the worker consumes; jobs/s = N / (the last completion's entry id on the
+variant's stream - the first send). *Pre-built backlog*: the jobs are enqueued before the worker
+starts; jobs/s = N / (last job end - first job start), worker start-up excluded. Peak RSS of a
+worker = the kernel's high-water mark (`VmHWM`) of the process at the end of its run. Rate-limit utilisation = successful calls in the complete 10 s
 windows / (window limit x number of complete windows); 429s are counted over the whole run.
-End-to-end: enqueue -> Fin call is the simulator's request arrival minus the time just before
+End-to-end: phases at 50 jobs/s (100 webhook events/s), 100 and 200 jobs/s, one after another on
+the same processes; enqueue -> Fin call is the simulator's request arrival minus the time just before
 `producer.start()`; webhook -> stream is the `{ns}:events` entry id (Redis clock) minus the
 simulator's record of the delivery (written when the ingest answered 202), matched by
 (conversation, event, `created_at_ms`). RSS is the peak of each process (with its children),
@@ -73,6 +80,8 @@ def markdown(
             ["goal", "measured", "target", "result"],
             [[c["name"], _fmt(c), c["goal"], _verdict(c)] for c in checks],
         ),
+        "",
+        *[f"- {line}" for line in goal_rounds(results)],
         "",
         "## Figures",
         "",
@@ -128,16 +137,19 @@ def _scenario_notes(results: dict[str, Any]) -> list[str]:
             f"c{c}: fin-relay {w['sweep']['fin_relay'][c]:,.0f} / bare {w['sweep']['bare'][c]:,.0f}"
             for c in w["sweep"]["fin_relay"]
         )
-        rounds = "; ".join(
-            f"{r['fin_relay']:,.0f} / {r['bare']:,.0f} = {r['ratio']:.2f}x"
-            for r in w.get("rounds", [])
-        )
+        live = w["live"]["results"]
         notes += [
             f"Worker: {w['jobs']} jobs per run at c64 ({w['prefork_jobs']} for prefork), "
-            f"simulator at 50 ms. Cap = min(64 / 50 ms, bare) = {w['cap_jobs_s']:,.0f} "
-            f"calls/s. Calls/s by concurrency: {sweep}. The c64 comparison ran "
-            f"{len(w.get('rounds', []))} round(s) (fin-relay then bare); the table shows the "
-            f"round with the median ratio. Rounds: {rounds}. fin-relay's worker consumes "
+            f"simulator at {w.get('latency_ms', 50):.0f} ms; theory 64 / 50 ms = "
+            f"{w['theory_jobs_s']:,.0f} calls/s. {len(w['live']['rounds'])} round(s) per mode, "
+            "each running fin-relay then the bare task; the table shows each mode's round with "
+            "the median ratio (the rounds are listed under the goals). Sending while consuming, "
+            f"the plain client's sends took {live['fin_relay']['send_s']:.1f} s (fin-relay) and "
+            f"{live['bare']['send_s']:.1f} s (bare) of the runs' "
+            f"{live['fin_relay']['elapsed_s']:.1f} / {live['bare']['elapsed_s']:.1f} s; the "
+            f"workers answered ping {live['fin_relay']['ready_s']:.1f} / "
+            f"{live['bare']['ready_s']:.1f} s after they were started. Calls/s by concurrency "
+            f"(pre-built backlog): {sweep}. fin-relay's worker consumes "
             "through its own kombu Redis transport (atomic take: one round trip per message "
             "instead of BRPOP + a separate unacked write; one Redis client per pool instead "
             'of one per ack; `docs/worker.md`, "Broker transport"), which is part of the '
@@ -166,11 +178,15 @@ def _scenario_notes(results: dict[str, Any]) -> list[str]:
         ]
     if "e2e" in results:
         e = results["e2e"]
+        matched = "; ".join(
+            f"{p['rate']:.0f} jobs/s: {p['jobs']} jobs, {p['calls_seen']} calls and "
+            f"{p['events_matched']} events matched"
+            for p in e["phases"]
+        )
         notes += [
-            f"End-to-end: {e['jobs']} `start` jobs at {e['rate']:.0f}/s for "
-            f"{e['duration_s']} s (one fin-relay worker, threads c64; simulator 50 ms "
-            f"latency, webhooks 100 ms after each call); {e['calls_seen']} calls and "
-            f"{e['events_matched']} events matched.",
+            f"End-to-end: `start` jobs in phases of {e['duration_s']} s (one fin-relay worker, "
+            "threads c64; simulator 50 ms latency, webhooks 100 ms after each call, 2 events "
+            f"per turn): {matched}.",
             "",
         ]
     if "producer" in results:

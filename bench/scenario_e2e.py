@@ -2,7 +2,10 @@
 
 Redis, the simulator (50 ms latency, webhooks 100 ms after each call, delivered to the ingest),
 fin-relay's ingest and one fin-relay worker (threads, c64, both queues). Jobs are enqueued with
-``fin_relay.producer`` at a steady rate, each on a new conversation. Measured:
+``fin_relay.producer`` at a steady rate, each on a new conversation, in phases one after
+another on the same processes: 50 jobs/s (each ``start`` turn makes 2 webhook events, so
+100 events/s), 100 and 200 jobs/s (below one worker's capacity). Each phase waits until its
+last event is on the stream before the next begins. Measured, per phase:
 
 * enqueue -> Fin call: the simulator's request-log arrival time minus the time just before
   ``producer.start()`` was called;
@@ -114,39 +117,72 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+#: Enqueue rates (jobs/s) of the phases, in order.
+RATES = (50.0, 100.0, 200.0)
+#: Seconds per phase: full, quick.
+PHASE_S = (20, 3)
+
+
 def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
-    """Steady enqueue at ``rate`` jobs/s for ``duration_s``; both latencies' percentiles."""
-    rate, duration_s = (100.0, 6) if quick else (100.0, 20)
-    count = int(rate * duration_s)
+    """One phase per rate in ``RATES``, ``PHASE_S`` seconds each; both latencies' percentiles."""
+    duration_s = PHASE_S[quick]
     client = redis.client()
     client.flushall()
     sim, started = _start_components(procs, redis.url)
     producer = Producer(ProducerSettings(redis_url=redis.url))
+    phases: list[dict[str, Any]] = []
     try:
-        producer.start(conversation_id="e2e-warmup", user=USER, message="Hello").wait(timeout_s=60)
-        sim.control.clear()
-        marker = (
-            client.xinfo_stream("fin:events")["last-generated-id"]
-            if client.exists("fin:events")
-            else "0-0"
-        )
-        tag = str(int(time.time()))
-        enqueued = _paced_enqueue(producer, rate, count, tag)
-        wait_until(
-            lambda: len(client.xrange("fin:events", f"({_s(marker)}", "+")) >= 2 * count,
+        try:
+            producer.start(conversation_id="e2e-warmup", user=USER, message="Hello").wait(
+                timeout_s=60
+            )
+        except TimeoutError as exc:
+            logs = "\n".join(f"--- {p.label}:\n{p.logs()}" for p in started)
+            raise RuntimeError(f"e2e warm-up job got no outcome ({exc}):\n{logs}") from exc
+        wait_until(  # the warm-up turn's events, so that they do not land in the first phase
+            lambda: client.exists("fin:events") and client.xlen("fin:events") >= 2,
             60,
-            "every job's 2 events on the stream",
-            step_s=0.5,
+            "the warm-up turn's events",
+            step_s=0.1,
         )
-        requests = sim.control.requests()
-        deliveries = sim.control.webhooks()
-        entries = client.xrange("fin:events", f"({_s(marker)}", "+")
+        for rate in RATES:
+            phases.append(_phase(client, sim, producer, rate, duration_s))
+            p = phases[-1]
+            print(
+                f"  e2e {rate:.0f} jobs/s: enqueue -> call p50 "
+                f"{p['enqueue_to_call_ms']['p50']:.1f} / p99 {p['enqueue_to_call_ms']['p99']:.1f}"
+                f" ms; webhook -> stream p50 {p['webhook_to_stream_ms']['p50']:.1f} / p99 "
+                f"{p['webhook_to_stream_ms']['p99']:.1f} ms ({p['events_rate']:.0f} events/s)",
+                flush=True,
+            )
     finally:
         producer.close()
         for proc in started:
             procs.stop(proc)
         sim.stop()
         client.close()
+    return {"duration_s": duration_s, "phases": phases}
+
+
+def _phase(
+    client: Any, sim: Any, producer: Producer, rate: float, duration_s: int
+) -> dict[str, Any]:
+    """Enqueue at ``rate`` for ``duration_s``, wait for every event, measure both latencies."""
+    count = int(rate * duration_s)
+    sim.control.clear()
+    marker = client.xinfo_stream("fin:events")["last-generated-id"]
+    before = client.xlen("fin:events")  # the stream's cap (100,000 entries) is not reached
+    tag = f"{int(time.time())}-{rate:.0f}"
+    enqueued = _paced_enqueue(producer, rate, count, tag)
+    wait_until(
+        lambda: client.xlen("fin:events") - before >= 2 * count,
+        120,
+        f"every job's 2 events on the stream ({rate:.0f} jobs/s)",
+        step_s=0.25,
+    )
+    requests = sim.control.requests()
+    deliveries = sim.control.webhooks()
+    entries = client.xrange("fin:events", f"({_s(marker)}", "+")
     call_ms: list[float] = []
     seen: set[str] = set()
     for r in requests:
@@ -156,7 +192,7 @@ def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
             call_ms.append(r["time_ms"] - enqueued[cid])
     delivered: dict[tuple[Any, ...], int] = {}
     for d in deliveries:
-        if d.get("method") == "POST" and d.get("ok"):
+        if d.get("method") == "POST" and d.get("ok") and d.get("conversation_id") in enqueued:
             key = (d["conversation_id"], d["event_name"], d["created_at_ms"])
             delivered.setdefault(key, d["time_ms"])
     event_ms: list[float] = []
@@ -167,6 +203,7 @@ def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
             event_ms.append(int(_s(entry_id).split("-")[0]) - delivered[key])
     return {
         "rate": rate,
+        "events_rate": rate * len(entries) / count,
         "duration_s": duration_s,
         "jobs": count,
         "enqueue_to_call_ms": _summary(call_ms),
