@@ -1,9 +1,11 @@
 """``fin-relay doctor``: check a deployment and say how to fix each problem.
 
-Checks configuration, Redis (reachability, persistence, eviction policy), the broker's
-visibility timeout against the longest retry delay, late acks, the Fin base URL and token (with
-one harmless request: ``POST /fin/reply`` with an empty body, which Fin answers 401 for a bad
-token and 400 for a good one, creating nothing), and the webhook secrets. Every configuration
+Checks configuration (the delivery-guarantee rules of ``fin_relay.contract.guarantees``
+included: the same the settings and a worker's start-up apply), Redis (reachability,
+persistence, eviction policy), the worker's Celery configuration and kombu version (what a
+worker would refuse to start with), the Fin base URL and token (with one harmless request:
+``POST /fin/reply`` with an empty body, which Fin answers 401 for a bad token and 400 for a
+good one, creating nothing), and the webhook secrets. Every configuration
 problem is listed, one line each (a variable wrong for several components once). Exit code 2
 when the configuration has a problem (what would stop ``fin-relay worker``/``ingest``/
 ``enqueue`` at start-up), 1 when another problem is found, 0 when none is.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Any
 import httpx
 import redis
 
+from fin_relay.contract import guarantees
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.settings import (
     CommonSettings,
@@ -59,7 +63,8 @@ class Report:
 
 def _config_fix(problem: str) -> str:
     var = problem.split(" ", 1)[0]
-    if not var.isupper():  # a rule across variables: its message names them
+    named = set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", problem))
+    if not var.isupper() or len(named) > 1:  # a rule across variables: its message names them
         return "change the variables it names (environment or .env)"
     if " is required but " in problem:
         return f"set {var} in the environment or .env (an empty value counts as unset)"
@@ -169,41 +174,49 @@ def check_redis(settings: CommonSettings, report: Report) -> redis.Redis | None:
 
 
 def check_worker(settings: WorkerSettings, report: Report) -> None:
-    longest = settings.fin_relay_retry_deadline_s + settings.fin_relay_backoff_max_s
-    hold = settings.fin_relay_sequence_hold_max_s
-    vt = settings.fin_relay_visibility_timeout_s
-    if settings.broker_is_redis and vt <= max(longest, hold, settings.fin_relay_task_time_limit_s):
-        report.add(
-            "broker.visibility_timeout",
-            PROBLEM,
-            f"visibility timeout {vt:.0f}s <= the longest retry/hold/task time "
-            f"({max(longest, hold, settings.fin_relay_task_time_limit_s):.0f}s): "
-            "Celery would run a task twice",
-            "raise FIN_RELAY_VISIBILITY_TIMEOUT_S or lower the retry deadline",
-        )
-    else:
-        report.add(
-            "broker.visibility_timeout",
-            OK,
-            f"{vt:.0f}s > longest retry delay {longest:.0f}s"
-            if settings.broker_is_redis
-            else "broker is not Redis: no visibility-timeout redelivery",
-        )
+    """What a worker started now with these settings would refuse at start-up, beyond the
+    settings themselves (``fin_relay.worker.startup.start_problems``): its Celery
+    configuration against the delivery guarantees (``fin_relay.contract.guarantees``, whose
+    rules across variables ``WorkerSettings`` already enforced to load) and the installed
+    kombu against its Redis transport's verified versions."""
+    from fin_relay.worker import startup, transport
     from fin_relay.worker.app import celery_config
 
+    vt = settings.fin_relay_visibility_timeout_s
+    report.add(
+        "broker.visibility_timeout",
+        OK,
+        f"{vt:g} s > the longest countdown plus the task time limit "
+        f"({guarantees.longest_unacked_s(settings):g} s)"
+        if settings.broker_is_redis
+        else "broker is not Redis: no visibility-timeout redelivery",
+    )
     # what a worker started now with these settings would load (no Celery app needed)
     conf = celery_config(settings)
-    late = bool(conf["task_acks_late"]) and bool(conf["task_reject_on_worker_lost"])
-    prefetch = conf["worker_prefetch_multiplier"]
-    if not late:
+    found = guarantees.problems(settings, conf)
+    for problem in found:
         report.add(
-            "worker.acks_late",
+            "worker.guarantees",
             PROBLEM,
-            "late acks are off: a killed worker loses its job",
-            "keep task_acks_late and task_reject_on_worker_lost on",
+            problem,
+            "keep fin-relay's Celery configuration (fin_relay.worker.app.celery_config)",
         )
-    else:
-        report.add("worker.acks_late", OK, f"late acks on, prefetch {prefetch}")
+    if not found:
+        report.add(
+            "worker.guarantees",
+            OK,
+            f"late acks on, prefetch {conf['worker_prefetch_multiplier']}, no result backend",
+        )
+    kombu = startup.kombu_problem(settings)
+    if kombu is not None:
+        report.add(
+            "worker.kombu",
+            PROBLEM,
+            f"a worker would refuse to start: {kombu}",
+            f"pip install 'kombu{startup.kombu_range()}' (or use a RabbitMQ broker)",
+        )
+    elif startup.uses_fin_relay_transport(settings):
+        report.add("worker.kombu", OK, f"kombu {transport.kombu_version()} (verified)")
 
 
 def check_fin(settings: WorkerSettings, report: Report, *, offline: bool) -> None:

@@ -24,8 +24,8 @@ from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.names import CALLS_QUEUE, EVENTS_QUEUE, TASK_QUEUES
 from fin_relay.contract.settings import CommonSettings, WorkerSettings, load
 from fin_relay.worker import heartbeat, offcontract, transport
-from fin_relay.worker.cli import announce
 from fin_relay.worker.runtime import close_runtime, get_runtime
+from fin_relay.worker.startup import announce, start_problems
 from fin_relay.worker.tasks import register
 
 log = logging.getLogger("fin_relay.worker")
@@ -116,7 +116,9 @@ app = create_app()
 
 
 def _check_settings(**_: Any) -> None:
-    """Fail fast, with one line, before the worker connects anywhere."""
+    """Fail fast, with one line, before the worker connects anywhere: bad settings, a
+    configuration that breaks the delivery guarantees, or a kombu the Redis transport was not
+    verified with (``fin_relay.worker.startup.start_problems``, as ``fin-relay worker``)."""
     from fin_relay import observability
 
     observability.configure_logging("INFO")  # Celery's own start-up warnings as our lines
@@ -125,9 +127,7 @@ def _check_settings(**_: Any) -> None:
     except ConfigurationError as exc:
         print(f"fin-relay worker: {exc}", file=sys.stderr, flush=True)
         os._exit(2)  # Celery swallows exceptions raised by signal handlers
-    from fin_relay.worker.cli import guarantee_problems
-
-    problems = guarantee_problems(settings, app.conf)
+    problems = start_problems(settings, app.conf)
     if problems:
         print(f"fin-relay worker: refusing to start: {problems[0]}", file=sys.stderr, flush=True)
         os._exit(2)
@@ -188,13 +188,6 @@ def _ready(sender: Any = None, **_: Any) -> None:
 
         start_http_server(settings.fin_relay_metrics_port, addr="0.0.0.0")
         log.info("metrics on :%d/metrics", settings.fin_relay_metrics_port)
-    if not transport.kombu_verified():
-        log.warning(
-            "fin_relay.worker.transport was verified with kombu %s, this is kombu %s: re-run "
-            "tests/reliability/test_redis_restart.py",
-            " / ".join(".".join(map(str, v)) for v in transport.KOMBU_VERIFIED),
-            transport.kombu_version(),
-        )
     broker = getattr(getattr(sender, "connection", None), "transport", None)
     log.info(
         "fin-relay worker %s ready (pid %d, broker transport %s)",
@@ -265,7 +258,7 @@ signals.after_setup_logger.connect(_structured_logs, weak=False)
 signals.before_task_publish.connect(_names_only_reprs, weak=False)
 signals.worker_ready.connect(_ready, weak=False)
 # the start-up line, for `celery -A fin_relay.worker.app worker` as for `fin-relay worker`
-signals.worker_ready.connect(announce, weak=False, dispatch_uid="fin_relay.worker.cli.announce")
+signals.worker_ready.connect(announce, weak=False, dispatch_uid="fin_relay.worker.startup.announce")
 # A queue item that is not a broker message at all becomes a dead letter, not a crash.
 transport.on_undecodable_item = offcontract.dead_letter_broker_item
 signals.task_prerun.connect(_task_started, weak=False)

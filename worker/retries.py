@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fin_relay.contract import guarantees
 from fin_relay.contract.settings import WorkerSettings
 
 
@@ -74,16 +75,14 @@ def defer_delay_s(defers: int, base_s: float = 0.1, max_s: float = 1.0) -> float
 
 
 def longest_countdown_s(settings: WorkerSettings) -> float:
-    """The longest countdown the worker ever gives a re-published job.
+    """The longest countdown the worker ever gives a re-published job (the one rule in
+    ``contract.guarantees``).
 
     Every countdown is capped to this — a wait for the next rate-limit window or a long 429
     hint included: the job then wakes early, sees the fleet still has to wait and is deferred
-    again without calling Fin (a few wake-ups per window, not a spin). The CLI refuses to
-    start unless the broker's visibility timeout exceeds this plus the task time limit
-    (Celery's Redis transport redelivers unacked messages after that timeout, and a message
-    waiting for its countdown is unacked).
+    again without calling Fin (a few wake-ups per window, not a spin).
     """
-    return max(settings.fin_relay_backoff_max_s, settings.fin_relay_auth_probe_interval_s)
+    return guarantees.longest_countdown_s(settings)
 
 
 #: What a delivery may spend besides its HTTP call while holding its job's lease: up to three

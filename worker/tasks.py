@@ -15,6 +15,7 @@ from celery import Celery, Task
 
 from fin_relay.contract.celery_wire import SEQ_HEADER
 from fin_relay.contract.names import CALL_TASKS, TASK_EVENT, TASK_QUEUES
+from fin_relay.worker import retries as retries_mod
 from fin_relay.worker.calls import new_lease, release_lease, run_call
 from fin_relay.worker.events import run_event
 from fin_relay.worker.runtime import get_runtime
@@ -24,7 +25,12 @@ log = logging.getLogger("fin_relay.worker.tasks")
 
 
 def _unexpected_countdown_s(retries: int) -> float:
-    return float(min(30, 2 ** min(retries, 5)))
+    """1, 2, 4 ... s after an unexpected error, capped at 30 s and at the longest countdown the
+    guarantee rule allows for (``contract.guarantees``)."""
+    cap = 30.0
+    with contextlib.suppress(Exception):  # the error may be the runtime's own: keep 30 s then
+        cap = min(cap, retries_mod.longest_countdown_s(get_runtime().settings))
+    return float(min(cap, 2 ** min(retries, 5)))
 
 
 def _await_redis(max_wait_s: float) -> bool:

@@ -26,15 +26,17 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fin_relay.contract import guarantees
 from fin_relay.contract.errors import ConfigurationError
 from fin_relay.contract.fin_api import API_VERSIONS, VersionPolicy
+
+FIN_DEDUP_WINDOW_S = guarantees.FIN_DEDUP_WINDOW_S  # Fin's de-dup window (the rules' home)
 
 FIN_REGIONS = (
     "https://api.intercom.io",
     "https://api.eu.intercom.io",
     "https://api.au.intercom.io",
 )
-FIN_DEDUP_WINDOW_S = 300.0  # Fin de-duplicates messages by timestamp within 5 minutes.
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -230,8 +232,9 @@ class CommonSettings(BaseSettings):
     fin_relay_stream_maxlen: PositiveInt = 100_000
     fin_relay_redis_timeout_s: PositiveFloat = 2.0
     fin_relay_environment: str = "production"
-    # Celery/Redis redelivers unacked messages after this; no countdown may come near it. Every
-    # Celery client of a Redis broker (worker, ``celery inspect``, ...) must use the same value.
+    # Celery/Redis redelivers unacked messages after this: it must exceed the longest countdown
+    # plus the task time limit (fin_relay.contract.guarantees). Every Celery client of a Redis
+    # broker (worker, ``celery inspect``, ...) must use the same value.
     fin_relay_visibility_timeout_s: PositiveFloat = 3600.0
 
     @classmethod
@@ -359,15 +362,12 @@ class WorkerSettings(FinVersionSettings):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _deadlines(self) -> WorkerSettings:
-        if self.fin_relay_retry_deadline_s >= FIN_DEDUP_WINDOW_S:
-            raise ValueError(
-                "FIN_RELAY_RETRY_DEADLINE_S must stay under Fin's 300 s de-duplication window"
-            )
-        if self.fin_relay_backoff_max_s >= self.fin_relay_visibility_timeout_s:
-            raise ValueError(
-                "FIN_RELAY_BACKOFF_MAX_S must stay under FIN_RELAY_VISIBILITY_TIMEOUT_S"
-            )
+    def _guarantees(self) -> WorkerSettings:
+        """The delivery-guarantee rules across variables (``fin_relay.contract.guarantees``:
+        the same the worker's start-up and ``fin-relay doctor`` apply)."""
+        found = guarantees.problems(self)
+        if found:
+            raise guarantees.GuaranteeError(found)
         return self
 
     @property
@@ -454,10 +454,16 @@ def _env_is_blank(var: str) -> bool:
 
 
 def configuration_problems(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
-    """Every problem of a failed settings validation, each one line naming its variable.
-    Input values never appear (``hide_input_in_errors``; URLs are shown masked)."""
+    """Every problem of a failed settings validation, each one line naming its variable (a
+    delivery-guarantee rule across variables: one line per rule broken, with the numbers it
+    compares). Input values never appear otherwise (``hide_input_in_errors``; URLs are shown
+    masked)."""
     problems = []
     for error in exc.errors():
+        broken = (error.get("ctx") or {}).get("error")
+        if isinstance(broken, guarantees.GuaranteeError):  # a rule across variables: each
+            problems += [p for p in broken.problems if p not in problems]
+            continue
         var = ".".join(str(p) for p in error["loc"]).upper()
         msg = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":

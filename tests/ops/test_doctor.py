@@ -52,6 +52,10 @@ def test_good_setup_has_no_problems(
     assert code == 0, text
     assert "PROBLEM" not in text and "no problems found" in text
     assert "ok      fin.token" in text and "ok      redis.eviction" in text
+    # what a worker checks at start-up: the guarantees (fin_relay.contract.guarantees), kombu
+    assert "ok      broker.visibility_timeout: 3600 s > the longest countdown plus" in text
+    assert "ok      worker.guarantees: late acks on, prefetch 1, no result backend" in text
+    assert "ok      worker.kombu: kombu 5.7." in text
     assert sim.token not in text and SECRET not in text  # secrets never printed
 
 
