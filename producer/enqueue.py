@@ -14,22 +14,25 @@ handle = producer.start(
 outcome = handle.wait(timeout_s=30)           # the call.succeeded|failed|skipped envelope
 ```
 
-Every function has an ``*_async`` twin for callers inside an event loop; both are thin shells
-over :func:`fin_relay.producer.prepare.prepare` (validation, stamping, options) and
-:mod:`fin_relay.producer.transport` (the Lua script, or Celery for a non-Redis broker).
+Every function has an ``*_async`` twin for callers inside an event loop. Both, as methods of
+:class:`Producer` and as module-level functions on :func:`default_producer`, are generated
+from one table (:class:`Operation`: name, keyword arguments, docstring) over one
+implementation: :func:`fin_relay.producer.prepare.prepare` (validation, stamping, options),
+then :class:`fin_relay.producer.transport.PublishStrategy` (the publish's steps, written once)
+run by a sync or an async driver (the Lua script, or Celery for a non-Redis broker).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any, Self, Unpack
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeAlias, TypeVar, Unpack
 
 import redis
 import redis.asyncio
 
 from fin_relay.contract.conversation import ConversationState
-from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import ProducerSettings, load
 from fin_relay.producer import transport
@@ -45,7 +48,95 @@ from fin_relay.producer.prepare import (
     StartArgs,
     prepare,
 )
-from fin_relay.producer.transport import Pushed, PushOptions
+from fin_relay.producer.transport import Mark, Pushed, Send, Step
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Method: TypeAlias = Callable[Concatenate["Producer", _P], _R]
+_Async: TypeAlias = Coroutine[Any, Any, JobHandle]
+
+# --- the Fin operations: every method and function of each is generated from its row --------
+#
+# Typing: keyword arguments typed by a TypedDict can only be spelled ``**arguments:
+# Unpack[StartArgs]`` in a ``def`` (``Unpack`` of a TypeVar is refused), so a row is an empty
+# ``def``. Its Operation captures that signature as the ParamSpec ``_P`` and types all it
+# generates with it: mypy checks ``producer.start(conversation_id=..., ...)`` against
+# ``StartArgs`` exactly as it did the hand-written methods.
+
+
+class Operation(Generic[_P]):
+    """A Fin operation: its name (``signature``'s, less a leading ``_``), its keyword arguments
+    (``signature``'s) and the docstring of ``Producer.<name>``.
+
+    :meth:`methods` and :meth:`functions` build real functions (name, docstring and signature as
+    ``help()`` shows them), each one call of :meth:`Producer.enqueue` or ``enqueue_async``.
+    """
+
+    __slots__ = ("arguments", "doc", "name")
+
+    def __init__(self, signature: Callable[_P, None], doc: str) -> None:
+        self.name = signature.__name__.lstrip("_")
+        self.doc = doc
+        # as the hand-written ``def`` had it: a string (``from __future__ import annotations``)
+        self.arguments: str = signature.__annotations__["arguments"]
+
+    def methods(self) -> tuple[_Method[_P, JobHandle], _Method[_P, _Async]]:
+        """``Producer.<name>`` and ``Producer.<name>_async``."""
+        name = self.name
+
+        # ``self`` below is the Producer (the parameter name ``help()`` shows)
+        def method(self: Producer, **arguments: Any) -> JobHandle:
+            return self.enqueue(name, arguments)
+
+        async def method_async(self: Producer, **arguments: Any) -> JobHandle:
+            return await self.enqueue_async(name, arguments)
+
+        twin = f":meth:`{name}` inside an event loop."
+        sync = self._dress(method, "Producer.", self.doc)
+        return sync, self._dress(method_async, "Producer.", twin)
+
+    def functions(self) -> tuple[Callable[_P, JobHandle], Callable[_P, _Async]]:
+        """``<name>`` and ``<name>_async`` of the module, on :func:`default_producer`."""
+        name = self.name
+
+        def function(**arguments: Any) -> JobHandle:
+            return default_producer().enqueue(name, arguments)
+
+        async def function_async(**arguments: Any) -> JobHandle:
+            return await default_producer().enqueue_async(name, arguments)
+
+        doc = f":meth:`Producer.{name}` on the default producer."
+        doc_async = f":meth:`Producer.{name}_async` on the default producer."
+        return self._dress(function, "", doc), self._dress(function_async, "", doc_async)
+
+    def _dress(self, function: Callable[..., Any], owner: str, doc: str) -> Callable[..., Any]:
+        function.__name__ = self.name + ("_async" if inspect.iscoroutinefunction(function) else "")
+        function.__qualname__ = owner + function.__name__
+        function.__doc__ = doc
+        function.__annotations__ = {"arguments": self.arguments, "return": "JobHandle"}
+        return function
+
+
+def _operation(doc: str) -> Callable[[Callable[_P, None]], Operation[_P]]:
+    """Decorator: the empty ``def`` below it becomes an :class:`Operation` documented ``doc``."""
+    return lambda signature: Operation(signature, doc)
+
+
+# The table: one row per Fin operation (name less the ``_``, its arguments, its docstring).
+@_operation("``POST /fin/start``: hand a new conversation to Fin.")
+def _start(**arguments: Unpack[StartArgs]) -> None: ...
+@_operation("``POST /fin/reply``: the user's next message in a conversation Fin handles.")
+def _reply(**arguments: Unpack[ReplyArgs]) -> None: ...
+@_operation("``POST /fin/ask``: a one-off question (same fields as start).")
+def _ask(**arguments: Unpack[StartArgs]) -> None: ...
+@_operation("``POST /fin/escalate``: hand the conversation (or user) to a human.")
+def _escalate(**arguments: Unpack[EscalateArgs]) -> None: ...
+@_operation("``POST /fin/csat``: the user's satisfaction rating.")
+def _csat(**arguments: Unpack[CsatArgs]) -> None: ...
+@_operation("``POST /fin/capabilities``: what Fin can do for a user.")
+def _capabilities(**arguments: Unpack[CapabilitiesArgs]) -> None: ...
+@_operation("``POST /fin/procedures/{procedure_id}/run`` (Preview).")
+def _procedure_run(**arguments: Unpack[ProcedureRunArgs]) -> None: ...
 
 
 class Producer:
@@ -83,7 +174,8 @@ class Producer:
             transport.CeleryPublisher(self.settings.broker_url, self.timeout_s) if celery else None
         )
         # The broker is REDIS_URL itself: marker, sequence and LPUSH in one atomic script.
-        self._direct = self._celery is None and self.settings.broker_url == self.settings.redis_url
+        direct = self._celery is None and self.settings.broker_url == self.settings.redis_url
+        self._strategy = transport.PublishStrategy(direct=direct, celery=self._celery is not None)
 
     # --- clients ------------------------------------------------------------------------
 
@@ -143,42 +235,39 @@ class Producer:
         first, then the message is published; if that fails, both are released and
         :class:`BrokerUnavailableError` is raised.
         """
-        if self._direct:
-            options = PushOptions(idempotent=idempotent)
-            pushed = transport.push_sync(self.redis_client, job, self.names, self.window_s, options)
-            return self._handle(job, pushed)
-        number = self._celery is not None
-        options = PushOptions(publish=False, idempotent=idempotent, number=number)
-        pushed = transport.push_sync(self.redis_client, job, self.names, self.window_s, options)
-        if pushed.created:
-            try:
-                if self._celery is not None:
-                    self._celery.send(job)
-                else:
-                    transport.lpush_sync(self._broker_client(), job)
-            except BrokerUnavailableError:
-                transport.abandon_sync(self.redis_client, job, self.names, pushed.seq)
-                raise
-        return self._handle(job, pushed)
+        plan = self._strategy.plan(job, idempotent=idempotent)
+        return self._handle(job, transport.drive_sync(plan, self._run))
 
     async def publish_async(self, job: PreparedJob, *, idempotent: bool = True) -> JobHandle:
         """:meth:`publish` with ``redis.asyncio`` (or Celery in a thread), within the bound."""
+        plan = self._strategy.plan(job, idempotent=idempotent)
+        return self._handle(job, await transport.drive_async(plan, self._run_async))
+
+    def _run(self, step: Step) -> Any:
+        """One step of :meth:`publish`, blocking."""
+        if isinstance(step, Mark):
+            client, window_s = self.redis_client, self.window_s
+            return transport.push_sync(client, step.job, self.names, window_s, step.options)
+        if isinstance(step, Send) and step.via == "redis":
+            return transport.lpush_sync(self._broker_client(), step.job)
+        if isinstance(step, Send):
+            assert self._celery is not None  # the strategy sends via Celery only when it has one
+            return self._celery.send(step.job)
+        return transport.abandon_sync(self.redis_client, step.job, self.names, step.seq)
+
+    async def _run_async(self, step: Step) -> Any:
+        """One step of :meth:`publish_async`: asyncio, each within the bound."""
         main, t = self._async_client("main"), self.timeout_s
-        number = self._celery is not None
-        options = PushOptions(publish=self._direct, idempotent=idempotent, number=number)
-        pushed = await transport.push_async(
-            main, job, self.names, self.window_s, timeout_s=t, options=options
-        )
-        if not self._direct and pushed.created:
-            try:
-                if self._celery is not None:
-                    await self._celery.send_async(job)
-                else:
-                    await transport.lpush_async(self._async_client("broker"), job, t)
-            except BrokerUnavailableError:
-                await transport.abandon_async(main, job, self.names, pushed.seq, t)
-                raise
-        return self._handle(job, pushed)
+        if isinstance(step, Mark):
+            return await transport.push_async(
+                main, step.job, self.names, self.window_s, timeout_s=t, options=step.options
+            )
+        if isinstance(step, Send) and step.via == "redis":
+            return await transport.lpush_async(self._async_client("broker"), step.job, t)
+        if isinstance(step, Send):
+            assert self._celery is not None
+            return await self._celery.send_async(step.job)
+        return await transport.abandon_async(main, step.job, self.names, step.seq, t)
 
     def _handle(self, job: PreparedJob, pushed: Pushed) -> JobHandle:
         return JobHandle(
@@ -190,63 +279,15 @@ class Producer:
             _source=self,
         )
 
-    # --- typed functions, one per Fin operation -------------------------------------------
+    # --- typed functions, one per Fin operation (generated from the table above) -------
 
-    def start(self, **arguments: Unpack[StartArgs]) -> JobHandle:
-        """``POST /fin/start``: hand a new conversation to Fin."""
-        return self.enqueue("start", arguments)
-
-    def reply(self, **arguments: Unpack[ReplyArgs]) -> JobHandle:
-        """``POST /fin/reply``: the user's next message in a conversation Fin handles."""
-        return self.enqueue("reply", arguments)
-
-    def ask(self, **arguments: Unpack[StartArgs]) -> JobHandle:
-        """``POST /fin/ask``: a one-off question (same fields as start)."""
-        return self.enqueue("ask", arguments)
-
-    def escalate(self, **arguments: Unpack[EscalateArgs]) -> JobHandle:
-        """``POST /fin/escalate``: hand the conversation (or user) to a human."""
-        return self.enqueue("escalate", arguments)
-
-    def csat(self, **arguments: Unpack[CsatArgs]) -> JobHandle:
-        """``POST /fin/csat``: the user's satisfaction rating."""
-        return self.enqueue("csat", arguments)
-
-    def capabilities(self, **arguments: Unpack[CapabilitiesArgs]) -> JobHandle:
-        """``POST /fin/capabilities``: what Fin can do for a user."""
-        return self.enqueue("capabilities", arguments)
-
-    def procedure_run(self, **arguments: Unpack[ProcedureRunArgs]) -> JobHandle:
-        """``POST /fin/procedures/{procedure_id}/run`` (Preview)."""
-        return self.enqueue("procedure_run", arguments)
-
-    async def start_async(self, **arguments: Unpack[StartArgs]) -> JobHandle:
-        """:meth:`start` inside an event loop."""
-        return await self.enqueue_async("start", arguments)
-
-    async def reply_async(self, **arguments: Unpack[ReplyArgs]) -> JobHandle:
-        """:meth:`reply` inside an event loop."""
-        return await self.enqueue_async("reply", arguments)
-
-    async def ask_async(self, **arguments: Unpack[StartArgs]) -> JobHandle:
-        """:meth:`ask` inside an event loop."""
-        return await self.enqueue_async("ask", arguments)
-
-    async def escalate_async(self, **arguments: Unpack[EscalateArgs]) -> JobHandle:
-        """:meth:`escalate` inside an event loop."""
-        return await self.enqueue_async("escalate", arguments)
-
-    async def csat_async(self, **arguments: Unpack[CsatArgs]) -> JobHandle:
-        """:meth:`csat` inside an event loop."""
-        return await self.enqueue_async("csat", arguments)
-
-    async def capabilities_async(self, **arguments: Unpack[CapabilitiesArgs]) -> JobHandle:
-        """:meth:`capabilities` inside an event loop."""
-        return await self.enqueue_async("capabilities", arguments)
-
-    async def procedure_run_async(self, **arguments: Unpack[ProcedureRunArgs]) -> JobHandle:
-        """:meth:`procedure_run` inside an event loop."""
-        return await self.enqueue_async("procedure_run", arguments)
+    start, start_async = _start.methods()
+    reply, reply_async = _reply.methods()
+    ask, ask_async = _ask.methods()
+    escalate, escalate_async = _escalate.methods()
+    csat, csat_async = _csat.methods()
+    capabilities, capabilities_async = _capabilities.methods()
+    procedure_run, procedure_run_async = _procedure_run.methods()
 
     # --- conversation state ------------------------------------------------------------
 
@@ -314,71 +355,10 @@ def set_default_producer(producer: Producer | None) -> None:
     _default = producer
 
 
-def start(**arguments: Unpack[StartArgs]) -> JobHandle:
-    """:meth:`Producer.start` on the default producer."""
-    return default_producer().enqueue("start", arguments)
-
-
-def reply(**arguments: Unpack[ReplyArgs]) -> JobHandle:
-    """:meth:`Producer.reply` on the default producer."""
-    return default_producer().enqueue("reply", arguments)
-
-
-def ask(**arguments: Unpack[StartArgs]) -> JobHandle:
-    """:meth:`Producer.ask` on the default producer."""
-    return default_producer().enqueue("ask", arguments)
-
-
-def escalate(**arguments: Unpack[EscalateArgs]) -> JobHandle:
-    """:meth:`Producer.escalate` on the default producer."""
-    return default_producer().enqueue("escalate", arguments)
-
-
-def csat(**arguments: Unpack[CsatArgs]) -> JobHandle:
-    """:meth:`Producer.csat` on the default producer."""
-    return default_producer().enqueue("csat", arguments)
-
-
-def capabilities(**arguments: Unpack[CapabilitiesArgs]) -> JobHandle:
-    """:meth:`Producer.capabilities` on the default producer."""
-    return default_producer().enqueue("capabilities", arguments)
-
-
-def procedure_run(**arguments: Unpack[ProcedureRunArgs]) -> JobHandle:
-    """:meth:`Producer.procedure_run` on the default producer."""
-    return default_producer().enqueue("procedure_run", arguments)
-
-
-async def start_async(**arguments: Unpack[StartArgs]) -> JobHandle:
-    """:meth:`Producer.start_async` on the default producer."""
-    return await default_producer().enqueue_async("start", arguments)
-
-
-async def reply_async(**arguments: Unpack[ReplyArgs]) -> JobHandle:
-    """:meth:`Producer.reply_async` on the default producer."""
-    return await default_producer().enqueue_async("reply", arguments)
-
-
-async def ask_async(**arguments: Unpack[StartArgs]) -> JobHandle:
-    """:meth:`Producer.ask_async` on the default producer."""
-    return await default_producer().enqueue_async("ask", arguments)
-
-
-async def escalate_async(**arguments: Unpack[EscalateArgs]) -> JobHandle:
-    """:meth:`Producer.escalate_async` on the default producer."""
-    return await default_producer().enqueue_async("escalate", arguments)
-
-
-async def csat_async(**arguments: Unpack[CsatArgs]) -> JobHandle:
-    """:meth:`Producer.csat_async` on the default producer."""
-    return await default_producer().enqueue_async("csat", arguments)
-
-
-async def capabilities_async(**arguments: Unpack[CapabilitiesArgs]) -> JobHandle:
-    """:meth:`Producer.capabilities_async` on the default producer."""
-    return await default_producer().enqueue_async("capabilities", arguments)
-
-
-async def procedure_run_async(**arguments: Unpack[ProcedureRunArgs]) -> JobHandle:
-    """:meth:`Producer.procedure_run_async` on the default producer."""
-    return await default_producer().enqueue_async("procedure_run", arguments)
+start, start_async = _start.functions()
+reply, reply_async = _reply.functions()
+ask, ask_async = _ask.functions()
+escalate, escalate_async = _escalate.functions()
+csat, csat_async = _csat.functions()
+capabilities, capabilities_async = _capabilities.functions()
+procedure_run, procedure_run_async = _procedure_run.functions()

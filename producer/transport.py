@@ -9,6 +9,10 @@
   still lives in Redis.
 
 Every failure to reach the broker or Redis becomes :class:`BrokerUnavailableError`.
+
+Which of these steps a publish takes, in which order and what undoes what, is written once:
+:meth:`PublishStrategy.plan` yields the steps (sans-IO); :func:`drive_sync` and
+:func:`drive_async` run them, so the sync and async producers cannot diverge.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -212,6 +216,101 @@ async def lpush_async(client: redis.asyncio.Redis, job: PreparedJob, timeout_s: 
     with redis_errors("Redis broker"):
         async with asyncio.timeout(timeout_s):
             await client.lpush(job.queue, job.payload)
+
+
+# --- the publish strategy: its steps written once, a sync and an async driver ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Run ``enqueue.lua`` on ``REDIS_URL``: the marker (and ``options.number``), and the LPUSH
+    when ``options.publish`` (the broker is ``REDIS_URL``). Its result: :class:`Pushed`."""
+
+    job: PreparedJob
+    options: PushOptions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Publish on a broker that is not ``REDIS_URL``: LPUSH to another Redis (``via="redis"``)
+    or Celery's ``send_task`` (``via="celery"``)."""
+
+    job: PreparedJob
+    via: Literal["redis", "celery"]
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """The send failed: forget the marker, release sequence number ``seq`` (``abandon.lua``)."""
+
+    job: PreparedJob
+    seq: int
+
+
+Step = Mark | Send | Abandon
+#: A publish in progress: yields steps, is sent each step's result (or has its exception
+#: thrown in), returns what ``enqueue.lua`` said.
+Plan = Generator[Step, Any, Pushed]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStrategy:
+    """How this producer's jobs reach the broker, from its settings.
+
+    ``direct``: the broker is ``REDIS_URL``: one atomic script (marker, LPUSH). Otherwise the
+    marker is set in Redis first (and, for Celery, i.e. a broker that is not Redis and does
+    not number at its take, the conversation's sequence number), then the message is sent;
+    if the send fails, both are released and the error is raised.
+    """
+
+    direct: bool
+    celery: bool
+
+    def plan(self, job: PreparedJob, *, idempotent: bool = True) -> Plan:
+        """The steps publishing ``job`` (``idempotent=False`` ignores the marker)."""
+        options = PushOptions(publish=self.direct, idempotent=idempotent, number=self.celery)
+        pushed: Pushed = yield Mark(job, options)
+        if pushed.created and not self.direct:
+            try:
+                yield Send(job, "celery" if self.celery else "redis")
+            except BrokerUnavailableError:
+                yield Abandon(job, pushed.seq)
+                raise
+        return pushed
+
+
+def drive_sync(plan: Plan, run: Callable[[Step], Any]) -> Pushed:
+    """Run ``plan``, each step with ``run`` (blocking I/O)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as done:
+            pushed: Pushed = done.value
+            return pushed
+        result, error = None, None
+        try:
+            result = run(step)
+        except BaseException as exc:  # the plan decides, as straight-line code would
+            error = exc
+
+
+async def drive_async(plan: Plan, run: Callable[[Step], Awaitable[Any]]) -> Pushed:
+    """Run ``plan``, each step awaited with ``run`` (asyncio I/O)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as done:
+            pushed: Pushed = done.value
+            return pushed
+        result, error = None, None
+        try:
+            result = await run(step)
+        except BaseException as exc:  # the plan decides, as straight-line code would
+            error = exc
 
 
 # --- non-Redis brokers: Celery's own client ------------------------------------------------
