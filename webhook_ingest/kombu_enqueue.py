@@ -18,10 +18,8 @@ but still completed later also yields at most a duplicate.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import importlib
-import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from fin_relay.contract.celery_wire import CONTENT_ENCODING, CONTENT_TYPE, TaskParts
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import EVENTS_QUEUE, Names
 from fin_relay.webhook_ingest.enqueue import _ping
@@ -70,7 +69,7 @@ class KombuEnqueuer:
         self._queue: Any = None
 
     async def enqueue(self, event_id: str, event_json: str | bytes, received_at_ms: int) -> bool:
-        payload = self._builder.build(event_json, event_id, received_at_ms)
+        parts = self._builder.parts(event_json, event_id, received_at_ms)
         key = self._names.event_dedup(event_id)
         token = uuid.uuid4().hex
         try:
@@ -83,7 +82,7 @@ class KombuEnqueuer:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout_s):
-                await loop.run_in_executor(self._executor, self._publish, payload)
+                await loop.run_in_executor(self._executor, self._publish, parts)
                 await self._client.set(key, "1", ex=self._ttl_s)
         except Exception as exc:
             log.warning("kombu publish of an event failed: %s: %s", type(exc).__name__, exc)
@@ -98,7 +97,7 @@ class KombuEnqueuer:
         except Exception as exc:
             log.warning("could not release a de-dup claim: %s", type(exc).__name__)
 
-    def _publish(self, payload: str) -> None:
+    def _publish(self, parts: TaskParts) -> None:
         """Publish one Celery protocol-2 message (runs in the executor thread)."""
         if self._producer is None:
             kombu: Any = importlib.import_module("kombu")  # untyped; imported only on this path
@@ -109,19 +108,17 @@ class KombuEnqueuer:
             exchange = kombu.Exchange(EVENTS_QUEUE, type="direct")
             self._queue = kombu.Queue(EVENTS_QUEUE, exchange, routing_key=EVENTS_QUEUE)
         queue = self._queue
-        message = json.loads(payload)
-        tid = message["headers"]["id"]
         try:
             self._producer.publish(
-                base64.b64decode(message["body"]),
+                parts.body,
                 exchange=queue.exchange,
                 routing_key=EVENTS_QUEUE,
                 declare=[queue],
-                headers=message["headers"],
-                content_type="application/json",
-                content_encoding="utf-8",
-                correlation_id=tid,
-                delivery_mode=2,
+                headers=parts.headers,
+                content_type=CONTENT_TYPE,
+                content_encoding=CONTENT_ENCODING,
+                correlation_id=parts.properties["correlation_id"],
+                delivery_mode=parts.properties["delivery_mode"],
                 retry=True,
                 retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
                 timeout=self._timeout_s,

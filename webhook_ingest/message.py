@@ -1,34 +1,26 @@
-"""Fast construction of the ``fin.event`` Celery message, byte-compatible with ``celery_wire``.
+"""The ``fin.event`` task message, as the ingest builds it: what is ingest-specific.
 
-:func:`fin_relay.contract.celery_wire.task_message` is the reference encoding; building it per
-request costs about 24 µs (two ``json.dumps`` of the event), a third of the ingest's budget. This
-builder renders the same document from a template made once by ``task_message`` itself, and
-splices the verified body's JSON text in as the ``event`` value instead of re-encoding it
-(a test checks both produce the same message).
+The message itself comes from :mod:`fin_relay.contract.celery_wire` (its
+:class:`~fin_relay.contract.celery_wire.TaskTemplate`, byte-compatible with ``task_message``);
+here are the event's task id (derived from the event id), its keyword arguments, and the
+splicing of the verified body's JSON text in as the ``event`` value instead of re-encoding it
+(a test checks the result equals ``task_message``'s).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import itertools
 import json
-import re
 import uuid
 from typing import Any
 
-from fin_relay.contract.celery_wire import task_message
+from fin_relay.contract.celery_wire import TaskParts, TaskTemplate
 from fin_relay.contract.names import TASK_EVENT
 
 #: Namespace of the uuid5 Celery task ids derived from event ids (stable across redeliveries).
 TASK_ID_NAMESPACE = uuid.UUID("6f0b6c57-3c1e-4d55-9d43-2f9b1f7f5e21")
 _NS_BYTES = TASK_ID_NAMESPACE.bytes
 _ENCODE_STR: Any = json.encoder.encode_basestring  # C-accelerated JSON string
-_MARK_TID = "00000000-0000-4000-8000-00000000f1d0"
-_MARK_BODY = "@@fin-relay-body@@"
-_MARK_TAG = "@@fin-relay-tag@@"
-_MARKS = (_MARK_TID.encode(), _MARK_BODY.encode(), _MARK_TAG.encode())
 
 
 def task_id_for(event_id: str) -> str:
@@ -46,54 +38,17 @@ def event_kwargs(event: dict[str, Any], event_id: str, received_at_ms: int) -> d
 
 
 class EventMessageBuilder:
-    """Renders ``task_message("fin.event", event_kwargs(...), task_id=task_id_for(event_id))``.
-
-    Works on bytes: the template is split once into constant pieces around the places where
-    the task id, the base64 body and the delivery tag go, and each message is one ``join``
-    (no ``%`` formatting, no decode/encode round trip of the ~2 KiB document).
-    """
+    """Renders ``task_message("fin.event", event_kwargs(...), task_id=task_id_for(event_id))``
+    from the event's JSON bytes (see :class:`~fin_relay.contract.celery_wire.TaskTemplate`)."""
 
     def __init__(self) -> None:
-        _tid, payload = task_message(TASK_EVENT, event_kwargs({}, "", 0), task_id=_MARK_TID)
-        document = json.loads(payload)
-        body = json.loads(base64.b64decode(document["body"]))
-        embed = json.dumps(body[2], separators=(",", ":"), ensure_ascii=False)
-        self._tail = b"}," + embed.encode() + b"]"
-        document["body"] = _MARK_BODY
-        document["properties"]["delivery_tag"] = _MARK_TAG
-        template = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-        # constant pieces, and which value goes between consecutive pieces (in template order)
-        parts = re.split(b"(" + b"|".join(re.escape(m) for m in _MARKS) + b")", template)
-        self._pieces = parts[0::2]
-        self._slots = tuple(_MARKS.index(m) for m in parts[1::2])
-        # kombu treats the delivery tag as an opaque unique string (it keys the unacked hash);
-        # a per-builder random prefix plus a counter is unique and cheaper than uuid4 per message.
-        self._tag_prefix = uuid.uuid4().hex.encode() + b"-"
-        self._tags = itertools.count(1)
+        self._template = TaskTemplate(TASK_EVENT, tuple(event_kwargs({}, "", 0)))
+        self._render = self._template.render
 
     def build_bytes(self, event_json: bytes, event_id: str, received_at_ms: int) -> bytes:
         """The Redis list payload for an event given as UTF-8 JSON bytes (a verified object)."""
-        body = b"".join(
-            (
-                b'[[],{"event":',
-                event_json,
-                b',"event_id":',
-                _ENCODE_STR(event_id).encode(),
-                b',"received_at_ms":',
-                b"%d" % received_at_ms,
-                self._tail,
-            )
-        )
-        values = (
-            task_id_for(event_id).encode(),
-            binascii.b2a_base64(body, newline=False),
-            self._tag_prefix + b"%d" % next(self._tags),
-        )
-        pieces, out = self._pieces, [self._pieces[0]]
-        for i, slot in enumerate(self._slots, 1):
-            out.append(values[slot])
-            out.append(pieces[i])
-        return b"".join(out)
+        values = (event_json, _ENCODE_STR(event_id).encode(), b"%d" % received_at_ms)
+        return self._render(task_id_for(event_id), values)
 
     def build(self, event_json: str | bytes, event_id: str, received_at_ms: int) -> str:
         """The same payload as text; ``event_json`` as JSON text or UTF-8 bytes.
@@ -102,3 +57,12 @@ class EventMessageBuilder:
         """
         raw = event_json.encode() if isinstance(event_json, str) else event_json
         return self.build_bytes(raw, event_id, int(received_at_ms)).decode()
+
+    def parts(self, event_json: str | bytes, event_id: str, received_at_ms: int) -> TaskParts:
+        """The same message as headers, properties and body bytes (for a kombu publish).
+
+        Raises ``UnicodeEncodeError`` when the text holds lone surrogates.
+        """
+        raw = event_json.encode() if isinstance(event_json, str) else event_json
+        values = (raw, _ENCODE_STR(event_id).encode(), b"%d" % int(received_at_ms))
+        return self._template.parts(task_id_for(event_id), values)

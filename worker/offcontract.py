@@ -52,7 +52,7 @@ from typing import Any
 import redis
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
-from fin_relay.contract.celery_wire import SEQ_HEADER, kwargs_repr
+from fin_relay.contract.celery_wire import SEQ_HEADER, kwargs_repr, split_message
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_EVENT, DEAD_JOB, RELAY_KWARG, dead_letter
 from fin_relay.contract.names import (
@@ -154,17 +154,6 @@ def _task_id(value: Any) -> str:
     return label if label else f"offcontract-{uuid.uuid4()}"
 
 
-def _split(payload: Any, protocol1: bool) -> tuple[Any, Any] | None:
-    """``(args, kwargs)`` of a protocol-2 body ``[args, kwargs, embed]``, of a hybrid body
-    with ``args``/``kwargs`` keys, or of a protocol-1 body (``args`` may be left out, as
-    Celery allows); ``None`` when it is none of these."""
-    if not protocol1 and isinstance(payload, list | tuple) and len(payload) == 3:
-        return payload[0], payload[1]
-    if isinstance(payload, dict) and (protocol1 or "args" in payload):
-        return payload.get("args", []), payload.get("kwargs", {})
-    return None
-
-
 _REPRS: dict[tuple[str, ...], str] = {}
 
 
@@ -191,6 +180,7 @@ def screen(message: Any) -> Verdict | None:
                 payload = message.payload  # decoded once: Celery's strategy reuses it
             except Exception:  # ContentDisallowed, DecodeError, ...: judged below
                 payload = None
+            # celery_wire.split_message's protocol-2 case, inlined (judge() applies it whole)
             if type(payload) is list and len(payload) == 3:
                 args, kwargs = payload[0], payload[1]
                 if type(args) is list and not args and type(kwargs) is dict:
@@ -216,24 +206,19 @@ def _judge(message: Any) -> Verdict | None:
     headers = getattr(message, "headers", None)
     if not isinstance(headers, dict):
         return Verdict(INVALID_MESSAGE, "the message has no headers", "", _task_id(None), queue)
-    name = headers.get("task")
-    task_id = headers.get("id")
     try:
         payload = message.payload  # decoded once; Celery's strategy reuses the decoded body
     except Exception as exc:  # ContentDisallowed, DecodeError, ...
         return Verdict(
             UNDECODABLE,
             f"the body cannot be decoded ({type(exc).__name__})",
-            _label(name),
-            _task_id(task_id),
+            _label(headers.get("task")),
+            _task_id(headers.get("id")),
             queue,
             raw=_raw(message),
         )
-    protocol1 = name is None and isinstance(payload, dict) and "task" in payload
-    if protocol1:
-        name, task_id = payload.get("task"), payload.get("id")
+    name, task_id, parts = split_message(headers, payload)  # the rule read_call follows too
     label = _label(name)
-    parts = _split(payload, protocol1)
     if parts is None:
         return Verdict(
             INVALID_MESSAGE,

@@ -1,4 +1,5 @@
--- The Celery task message read inside Redis: the Lua half of celery_wire.py's read_message,
+-- The Celery task message read inside Redis: the Lua half of celery_wire.py's read_call
+-- (whose body rule, split_message, the worker's off-contract judge applies too),
 -- for scripts that must know a message's task before handing it out (the worker transport's
 -- take numbers a conversation's calls). Both halves follow one rule, and a test feeds the
 -- same messages to both and compares:

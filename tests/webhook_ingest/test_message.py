@@ -59,3 +59,17 @@ def test_lone_surrogates_cannot_be_encoded() -> None:
     event = parse_body(b'{"event_name":"x","s":"\\ud800"}')
     with pytest.raises(UnicodeEncodeError):
         EventMessageBuilder().build(event_json(event), "evt_1", 1)
+
+
+def test_parts_are_the_rendered_message() -> None:
+    """What the kombu path publishes (headers, properties, body bytes) is the Redis payload's
+    content, without encoding it and decoding it back."""
+    builder = EventMessageBuilder()
+    event = parse_body(b'{"event_name":"x","s":"50% \xc3\xbc"}')
+    parts = builder.parts(event_json(event), "evt_1", 7)
+    document = json.loads(builder.build(event_json(event), "evt_1", 7))
+    assert parts.task_id == task_id_for("evt_1")
+    assert parts.headers == document["headers"]
+    assert parts.body == base64.b64decode(document["body"])
+    tags = {parts.properties.pop("delivery_tag"), document["properties"].pop("delivery_tag")}
+    assert len(tags) == 2 and parts.properties == document["properties"]
