@@ -7,7 +7,7 @@ interleaved over ``--reps`` rounds; the queue is emptied between runs. No worker
 (a) ``celery``: ``Celery(broker=url).send_task("fin.start", kwargs=..., queue="fin.calls")`` —
     the baseline a service would otherwise use (no validation, no timestamp, no idempotency);
 (b) ``producer``: ``Producer.start(...)`` — pydantic validation, timestamp stamping, the
-    ``relay`` options, a sequence number, and one EVALSHA of ``enqueue.lua`` (LPUSH);
+    ``relay`` options, a sequence number, and one EVALSHA of ``producer_enqueue.lua`` (LPUSH);
 (c) ``producer+id``: the same with a caller-chosen ``job_id`` (the idempotency marker, SET NX);
 (d) ``async``: ``await Producer.start_async(...)``, one at a time (latency-bound, like a web
     handler); (e) ``async-c32``: 32 concurrent ``start_async`` calls in flight.

@@ -29,6 +29,7 @@ from fin_relay.bench.harness import (
     wait_until,
 )
 from fin_relay.contract.envelope import Envelope
+from fin_relay.contract.redisproto import text
 from fin_relay.contract.settings import ProducerSettings
 from fin_relay.embedded_redis import free_port
 from fin_relay.producer import Producer
@@ -182,7 +183,7 @@ def _phase(
     )
     requests = sim.control.requests()
     deliveries = sim.control.webhooks()
-    entries = client.xrange("fin:events", f"({_s(marker)}", "+")
+    entries = client.xrange("fin:events", f"({text(marker)}", "+")
     call_ms: list[float] = []
     seen: set[str] = set()
     for r in requests:
@@ -200,7 +201,7 @@ def _phase(
         data = Envelope.from_stream_fields(fields).data
         key = (data.get("conversation_id"), data.get("event_name"), data.get("created_at_ms"))
         if key in delivered:
-            event_ms.append(int(_s(entry_id).split("-")[0]) - delivered[key])
+            event_ms.append(int(text(entry_id).split("-")[0]) - delivered[key])
     return {
         "rate": rate,
         "events_rate": rate * len(entries) / count,
@@ -211,7 +212,3 @@ def _phase(
         "calls_seen": len(call_ms),
         "events_matched": len(event_ms),
     }
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -25,6 +25,7 @@ from fin_relay.clio import EXIT_OK, EXIT_UNAVAILABLE, pipe_safe
 from fin_relay.contract.envelope import Envelope, stream_conversation_id
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import Names
+from fin_relay.contract.redisproto import text
 from fin_relay.contract.settings import ProducerSettings, load
 from fin_relay.producer.render import line
 from fin_relay.producer.transport import redis_errors, sync_client
@@ -42,16 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float, help="stop after this many seconds")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def start_positions(client: redis.Redis, streams: list[str], from_start: bool) -> dict[Any, Any]:
     """Concrete ids to read after (``$`` resolved once, so no entry is missed between reads)."""
     positions: dict[Any, Any] = {}
     for stream in streams:
         last: Any = [] if from_start else client.xrevrange(stream, count=1)
-        positions[stream] = _text(last[0][0]) if last else "0-0"
+        positions[stream] = text(last[0][0]) if last else "0-0"
     return positions
 
 
@@ -90,7 +87,7 @@ def tail(
         reply: Any = client.xread(positions, count=100, block=_BLOCK_MS)
         for stream, entries in reply or []:
             for entry_id, fields in entries:
-                positions[_text(stream)] = _text(entry_id)
+                positions[text(stream)] = text(entry_id)
                 # the entry's field, checked before parsing JSON: absent when the envelope's
                 # conversation_id is null, so such an entry matches no --conversation
                 if conversation is not None and stream_conversation_id(fields) != conversation:

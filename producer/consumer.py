@@ -32,6 +32,7 @@ import redis
 
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import Names
+from fin_relay.contract.redisproto import text
 
 log = logging.getLogger("fin_relay.consumer")
 
@@ -43,10 +44,6 @@ _TRIM_EVERY = 100
 def resolve_stream(names: Names, stream: str) -> str:
     """``events``/``results``/``dead`` -> the namespaced stream; full names pass through."""
     return str(getattr(names, stream)) if stream in STREAM_ALIASES else stream
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +65,7 @@ def deliveries(stream: str, entries: Iterable[Any]) -> list[Delivery]:
                 envelope = Envelope.from_stream_fields(fields)
             except ValueError:
                 log.warning("unreadable entry %s on %s: acknowledged, skipped", entry_id, stream)
-        out.append(Delivery(stream, _text(entry_id), envelope))
+        out.append(Delivery(stream, text(entry_id), envelope))
     return out
 
 
@@ -126,7 +123,7 @@ class StreamConsumer:
         items = reply.items() if isinstance(reply, dict) else (reply or [])
         for stream, entries in items:
             batch = entries[0] if isinstance(reply, dict) else entries
-            out += deliveries(_text(stream), batch)
+            out += deliveries(text(stream), batch)
         return out
 
     def read(self, *, count: int = 100, block_ms: int | None = 1000) -> list[Delivery]:
@@ -148,7 +145,7 @@ class StreamConsumer:
                 reply = self.client.xautoclaim(
                     stream, self.group, self.consumer, min_idle_ms, cursor, count=count - len(out)
                 )
-                cursor = _text(reply[0])
+                cursor = text(reply[0])
                 out += deliveries(stream, reply[1])
                 if len(reply) > 2 and reply[2]:  # Redis 7: ids deleted from the stream meanwhile
                     self.client.xack(stream, self.group, *reply[2])

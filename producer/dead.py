@@ -37,6 +37,7 @@ from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.fin_api import format_fin_time, parse_fin_time
 from fin_relay.contract.jobs import RELAY_KWARG, JobOptions, prepare_replay
 from fin_relay.contract.names import CALL_TASKS, TASK_EVENT
+from fin_relay.contract.redisproto import text
 from fin_relay.producer.enqueue import Producer
 from fin_relay.producer.handle import JobHandle
 from fin_relay.producer.prepare import build
@@ -75,10 +76,6 @@ class DeadLetter:
         return str(self.envelope.data.get("dead_id") or self.entry_id)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def iter_dead(client: redis.Redis, stream: str) -> Iterator[DeadLetter]:
     """Every readable entry of the dead stream, oldest first (read in batches)."""
     start = "-"
@@ -87,12 +84,12 @@ def iter_dead(client: redis.Redis, stream: str) -> Iterator[DeadLetter]:
             entries: Any = client.xrange(stream, min=start, count=_BATCH)
         for entry_id, fields in entries:
             try:
-                yield DeadLetter(_text(entry_id), Envelope.from_stream_fields(fields))
+                yield DeadLetter(text(entry_id), Envelope.from_stream_fields(fields))
             except ValueError:
                 continue
         if len(entries) < _BATCH:
             return
-        start = "(" + _text(entries[-1][0])
+        start = "(" + text(entries[-1][0])
 
 
 def find(client: redis.Redis, stream: str, ident: str) -> list[DeadLetter]:

@@ -18,6 +18,7 @@ import redis.asyncio
 
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import CALL_FAILED, CALL_SKIPPED, CALL_SUCCEEDED, Names
+from fin_relay.contract.redisproto import text
 from fin_relay.producer.transport import redis_errors
 
 OUTCOME_TYPES = frozenset({CALL_SUCCEEDED, CALL_FAILED, CALL_SKIPPED})
@@ -36,21 +37,17 @@ class ResultSource(Protocol):
     def async_blocking_reader(self) -> redis.asyncio.Redis: ...
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def match_outcome(
     entries: Iterable[tuple[Any, dict[Any, Any]]], job_id: str, conversation_id: str | None
 ) -> tuple[str | None, Envelope | None]:
     """Scan XREAD entries: ``(last entry id seen, the job's outcome envelope or None)``."""
     last: str | None = None
     for entry_id, fields in entries:
-        last = _text(entry_id)
-        kind = _text(fields.get(b"type", fields.get("type", "")))
+        last = text(entry_id)
+        kind = text(fields.get(b"type", fields.get("type", "")))
         if kind not in OUTCOME_TYPES:
             continue
-        conv = _text(fields.get(b"conversation_id", fields.get("conversation_id", "")))
+        conv = text(fields.get(b"conversation_id", fields.get("conversation_id", "")))
         if conversation_id and conv and conv != conversation_id:
             continue  # cheap filter before parsing JSON
         try:

@@ -16,12 +16,13 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Self
+from typing import Self
 
 import redis
 
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import Names
+from fin_relay.contract.redisproto import text
 from fin_relay.producer.consumer import resolve_stream
 
 log = logging.getLogger("fin_relay.subscribe")
@@ -55,7 +56,7 @@ class Subscription:
         deadline = time.monotonic() + 5.0
         while confirmed < len(self.channels) and time.monotonic() < deadline:
             message = self._pubsub.parse_response(block=False, timeout=0.1)
-            if message is not None and _text(message[0]) == "subscribe":
+            if message is not None and text(message[0]) == "subscribe":
                 confirmed += 1
         return self
 
@@ -78,7 +79,7 @@ class Subscription:
             try:
                 return Envelope.model_validate(json.loads(message["data"]))
             except ValueError:
-                log.warning("unreadable message on %s skipped", _text(message["channel"]))
+                log.warning("unreadable message on %s skipped", text(message["channel"]))
 
     def envelopes(self, timeout_s: float | None = None) -> Iterator[Envelope]:
         """Yield envelopes as they arrive, for ``timeout_s`` in total (None: forever)."""
@@ -88,10 +89,6 @@ class Subscription:
             envelope = self.get(max(wait, 0.0))
             if envelope is not None:
                 yield envelope
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def subscribe(

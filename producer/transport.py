@@ -1,9 +1,9 @@
 """Getting a prepared job onto the broker, sync or async, within a bounded time.
 
-* Redis broker: one Lua script (``enqueue.lua``) sets the idempotency marker (caller-chosen ids)
-  and LPUSHes the hand-built Celery message in one atomic step; it also returns the results
-  stream position the job's handle starts reading from. The async shell uses ``redis.asyncio``,
-  so nothing blocks the event loop.
+* Redis broker: one Lua script (``producer_enqueue.lua``) sets the idempotency marker
+  (caller-chosen ids) and LPUSHes the hand-built Celery message in one atomic step; it also
+  returns the results stream position the job's handle starts reading from. The async shell
+  uses ``redis.asyncio``, so nothing blocks the event loop.
 * Any other broker (``FIN_BROKER_URL=amqp://...``): Celery's ``send_task`` with connection and
   publish retries off, run in a thread and abandoned after the bound; the idempotency marker
   still lives in Redis.
@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import redis
@@ -34,15 +32,14 @@ from redis.retry import Retry
 from fin_relay.contract.conversation import STATE_TTL_S
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import Names
+from fin_relay.contract.redisproto import PRODUCER_ABANDON, PRODUCER_ENQUEUE, text
 from fin_relay.producer.prepare import PreparedJob
-
-ENQUEUE_LUA = (Path(__file__).with_name("enqueue.lua")).read_text()
-ABANDON_LUA = (Path(__file__).with_name("abandon.lua")).read_text()
 
 
 @dataclass(frozen=True, slots=True)
 class Pushed:
-    """What ``enqueue.lua`` said: ``created`` is False for a duplicate caller-chosen id."""
+    """What ``producer_enqueue.lua`` said: ``created`` is False for a duplicate caller-chosen
+    id."""
 
     created: bool
     results_from: str
@@ -94,9 +91,9 @@ def redis_errors(what: str = "Redis") -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class PushOptions:
-    """How to run ``enqueue.lua``: LPUSH (or only mark), honour the marker, and number the
-    job in its conversation (``number``: only for a broker that is not Redis; a Redis broker's
-    take numbers every call job as it hands it out, whoever enqueued it)."""
+    """How to run ``producer_enqueue.lua``: LPUSH (or only mark), honour the marker, and number
+    the job in its conversation (``number``: only for a broker that is not Redis; a Redis
+    broker's take numbers every call job as it hands it out, whoever enqueued it)."""
 
     publish: bool = True
     idempotent: bool = True
@@ -105,8 +102,8 @@ class PushOptions:
 
 def script_args(
     job: PreparedJob, names: Names, window_s: int, options: PushOptions
-) -> tuple[int, list[str | int]]:
-    """``(numkeys, KEYS + ARGV)`` of ``enqueue.lua`` for ``job``."""
+) -> tuple[list[str], list[str | int]]:
+    """``(KEYS, ARGV)`` of ``producer_enqueue.lua`` for ``job``."""
     marker = names.job_idempotency(job.job_id) if options.idempotent and job.caller_chose_id else ""
     cid = job.conversation_id
     keys = [
@@ -117,48 +114,21 @@ def script_args(
         names.conversation_seq(cid) if cid and options.number else "",
     ]
     payload = job.payload if options.publish else ""
-    return len(keys), [*keys, payload, window_s, STATE_TTL_S]
+    return keys, [payload, window_s, STATE_TTL_S]
 
 
-def abandon_args(job: PreparedJob, names: Names, seq: int) -> tuple[int, list[str | int]]:
-    """``(numkeys, KEYS + ARGV)`` of ``abandon.lua`` for a job whose publish failed."""
+def abandon_args(job: PreparedJob, names: Names, seq: int) -> tuple[list[str], list[str | int]]:
+    """``(KEYS, ARGV)`` of ``producer_abandon.lua`` for a job whose publish failed."""
     marker = names.job_idempotency(job.job_id) if job.caller_chose_id else ""
     cid = job.conversation_id or "-"
     keys = [marker, names.job(job.job_id), names.conversation_next(cid)]
     keys.append(names.conversation_done(cid))
-    return len(keys), [*keys, seq if job.conversation_id else 0, STATE_TTL_S]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return keys, [seq if job.conversation_id else 0, STATE_TTL_S]
 
 
 def _pushed(reply: Any) -> Pushed:
     created, position, seq = reply
-    return Pushed(created=int(created) == 1, results_from=_text(position), seq=int(seq))
-
-
-def _run_sync(client: redis.Redis, lua: str, numkeys: int, args: list[str | int]) -> Any:
-    try:
-        return client.evalsha(_sha(lua), numkeys, *args)
-    except redis.exceptions.NoScriptError:
-        return client.eval(lua, numkeys, *args)
-
-
-async def _run_async(
-    client: redis.asyncio.Redis, lua: str, numkeys: int, args: list[str | int]
-) -> Any:
-    try:
-        return await client.evalsha(_sha(lua), numkeys, *args)
-    except redis.exceptions.NoScriptError:
-        return await client.eval(lua, numkeys, *args)
-
-
-def _sha(lua: str) -> str:
-    return _SHAS.get(lua) or _SHAS.setdefault(lua, hashlib.sha1(lua.encode()).hexdigest())  # noqa: S324
-
-
-_SHAS: dict[str, str] = {}
+    return Pushed(created=int(created) == 1, results_from=text(position), seq=int(seq))
 
 
 def push_sync(
@@ -168,10 +138,11 @@ def push_sync(
     window_s: int,
     options: PushOptions = PushOptions(),
 ) -> Pushed:
-    """Run ``enqueue.lua`` (sync): mark + sequence + LPUSH (or no LPUSH: ``options.publish``)."""
-    numkeys, args = script_args(job, names, window_s, options)
+    """Run ``producer_enqueue.lua`` (sync): mark + sequence + LPUSH (or no LPUSH:
+    ``options.publish``)."""
+    keys, args = script_args(job, names, window_s, options)
     with redis_errors("Redis broker" if options.publish else "Redis"):
-        return _pushed(_run_sync(client, ENQUEUE_LUA, numkeys, args))
+        return _pushed(PRODUCER_ENQUEUE(client, keys, args))
 
 
 async def push_async(
@@ -183,27 +154,28 @@ async def push_async(
     timeout_s: float,
     options: PushOptions = PushOptions(),
 ) -> Pushed:
-    """Run ``enqueue.lua`` with ``redis.asyncio`` (never blocks the loop), within ``timeout_s``."""
-    numkeys, args = script_args(job, names, window_s, options)
+    """Run ``producer_enqueue.lua`` with ``redis.asyncio`` (never blocks the loop), within
+    ``timeout_s``."""
+    keys, args = script_args(job, names, window_s, options)
     with redis_errors("Redis broker" if options.publish else "Redis"):
         async with asyncio.timeout(timeout_s):
-            return _pushed(await _run_async(client, ENQUEUE_LUA, numkeys, args))
+            return _pushed(await PRODUCER_ENQUEUE.acall(client, keys, args))
 
 
 def abandon_sync(client: redis.Redis, job: PreparedJob, names: Names, seq: int) -> None:
     """The publish to the broker failed: forget the marker, release the sequence number."""
-    numkeys, args = abandon_args(job, names, seq)
+    keys, args = abandon_args(job, names, seq)
     with redis_errors():
-        _run_sync(client, ABANDON_LUA, numkeys, args)
+        PRODUCER_ABANDON(client, keys, args)
 
 
 async def abandon_async(
     client: redis.asyncio.Redis, job: PreparedJob, names: Names, seq: int, timeout_s: float
 ) -> None:
-    numkeys, args = abandon_args(job, names, seq)
+    keys, args = abandon_args(job, names, seq)
     with redis_errors():
         async with asyncio.timeout(timeout_s):
-            await _run_async(client, ABANDON_LUA, numkeys, args)
+            await PRODUCER_ABANDON.acall(client, keys, args)
 
 
 def lpush_sync(client: redis.Redis, job: PreparedJob) -> None:
@@ -223,8 +195,9 @@ async def lpush_async(client: redis.asyncio.Redis, job: PreparedJob, timeout_s: 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """Run ``enqueue.lua`` on ``REDIS_URL``: the marker (and ``options.number``), and the LPUSH
-    when ``options.publish`` (the broker is ``REDIS_URL``). Its result: :class:`Pushed`."""
+    """Run ``producer_enqueue.lua`` on ``REDIS_URL``: the marker (and ``options.number``), and
+    the LPUSH when ``options.publish`` (the broker is ``REDIS_URL``). Its result:
+    :class:`Pushed`."""
 
     job: PreparedJob
     options: PushOptions
@@ -241,7 +214,8 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Abandon:
-    """The send failed: forget the marker, release sequence number ``seq`` (``abandon.lua``)."""
+    """The send failed: forget the marker, release sequence number ``seq``
+    (``producer_abandon.lua``)."""
 
     job: PreparedJob
     seq: int
@@ -249,7 +223,7 @@ class Abandon:
 
 Step = Mark | Send | Abandon
 #: A publish in progress: yields steps, is sent each step's result (or has its exception
-#: thrown in), returns what ``enqueue.lua`` said.
+#: thrown in), returns what ``producer_enqueue.lua`` said.
 Plan = Generator[Step, Any, Pushed]
 
 

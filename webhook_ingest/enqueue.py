@@ -3,7 +3,7 @@
 Two implementations of one small interface (:class:`Enqueuer`):
 
 * :class:`RedisEnqueuer` (the broker is Redis): the de-dup mark and the LPUSH of the Celery
-  message happen in one Lua script (``enqueue.lua``), so a crash cannot separate them. Requests
+  message happen in one Lua script (``ingest_enqueue.lua``), so a crash cannot separate them. Requests
   that arrive while a round trip is in flight are *coalesced* into the next script call; each
   still awaits its own flag before its response is sent, so nothing is acknowledged before it is
   in Redis (measured: 0.69x of the server ceiling coalesced, 0.25x one write per request).
@@ -17,23 +17,19 @@ Both raise :class:`BrokerUnavailableError` when the event could not be made dura
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from importlib import resources
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import EVENTS_QUEUE, Names
+from fin_relay.contract.redisproto import INGEST_ENQUEUE, aensure_ready
 from fin_relay.webhook_ingest.message import EventMessageBuilder, event_kwargs, task_id_for
 
-__all__ = ["Enqueuer", "RedisEnqueuer", "event_kwargs", "load_lua", "redis_client", "task_id_for"]
+__all__ = ["Enqueuer", "RedisEnqueuer", "event_kwargs", "redis_client", "task_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +37,6 @@ _NEW, _DUP, _FAILED = 1, 0, -1
 
 #: (de-dup key, message payload, the request's future, its deadline on the loop clock)
 _Entry = tuple[str, bytes, "asyncio.Future[int]", float]
-
-
-def load_lua() -> str:
-    """The source of ``enqueue.lua`` (shipped as package data)."""
-    return resources.files(__package__).joinpath("enqueue.lua").read_text(encoding="utf-8")
 
 
 def redis_client(url: str, timeout_s: float, max_connections: int = 16) -> aioredis.Redis:
@@ -112,8 +103,6 @@ class RedisEnqueuer:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_inflight = max_inflight
-        self._lua = load_lua()
-        self._sha = hashlib.sha1(self._lua.encode(), usedforsecurity=False).hexdigest()
         # Connections held by the flushers (one per script call in flight): a pool checkout,
         # retry wrapper and release per call cost more client CPU than the call's own bytes.
         self._conns: list[Any] = []
@@ -191,29 +180,20 @@ class RedisEnqueuer:
             return [_FAILED] * len(batch)
 
     async def _call_script(self, keys: list[str], args: list[Any]) -> Any:
-        """``EVALSHA`` on a held connection (``EVAL`` once when Redis lost its script cache).
+        """``ingest_enqueue.lua`` on a held connection (``EVALSHA``; ``EVAL`` once when Redis
+        lost its script cache).
 
-        The request ``client.register_script`` would send. Before sending, the socket is checked
-        as the pool checks one at checkout (one Redis closed is replaced, not failed).
-        Any failure, the caller's timeout included, drops the connection, so a late reply can
-        never be read as another batch's; nothing is re-sent (the script may have run).
+        Before sending, the socket is checked as the pool checks one at checkout
+        (:func:`~fin_relay.contract.redisproto.aensure_ready`: one Redis closed is replaced, not
+        failed). Any failure, the caller's timeout included, drops the connection, so a late
+        reply can never be read as another batch's; nothing is re-sent (the script may have
+        run).
         """
         pool = self._client.connection_pool
         conn = self._conns.pop() if self._conns else await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            try:  # what pool.ensure_connection does (redis-py 8.1 skips it: maint "auto")
-                await conn.connect()
-                if await conn.can_read():  # EOF of a socket Redis closed, or stray data
-                    raise RedisConnectionError("held connection not ready")
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                await conn.disconnect()
-                await conn.connect()
-            await conn.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            try:
-                reply = await conn.read_response()
-            except NoScriptError:  # Redis restarted or SCRIPT FLUSH: EVAL caches it again
-                await conn.send_command("EVAL", self._lua, len(keys), *keys, *args)
-                reply = await conn.read_response()
+            await aensure_ready(conn)
+            reply = await INGEST_ENQUEUE.acall_held(conn, keys, args)
         except BaseException:
             await self._drop(conn)
             raise

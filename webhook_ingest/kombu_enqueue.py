@@ -30,16 +30,11 @@ import redis.asyncio as aioredis
 from fin_relay.contract.celery_wire import CONTENT_ENCODING, CONTENT_TYPE, TaskParts
 from fin_relay.contract.errors import BrokerUnavailableError
 from fin_relay.contract.names import EVENTS_QUEUE, Names
+from fin_relay.contract.redisproto import INGEST_RELEASE_CLAIM
 from fin_relay.webhook_ingest.enqueue import _ping
 from fin_relay.webhook_ingest.message import EventMessageBuilder
 
 log = logging.getLogger(__name__)
-
-_RELEASE_LUA = """
--- KEYS[1] the de-dup marker; ARGV[1] the claim token. Deletes the marker only if still ours.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class KombuEnqueuer:
@@ -62,7 +57,6 @@ class KombuEnqueuer:
         self._timeout_s = timeout_s
         self._claim_ttl_s = max(claim_ttl_s, int(timeout_s) + 1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fin-ingest-kombu")
-        self._release = client.register_script(_RELEASE_LUA)
         self._builder = EventMessageBuilder()
         self._producer: Any = None
         self._connection: Any = None
@@ -93,7 +87,7 @@ class KombuEnqueuer:
     async def _release_claim(self, key: str, token: str) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._release(keys=[key], args=[token])
+                await INGEST_RELEASE_CLAIM.acall(self._client, [key], [token])
         except Exception as exc:
             log.warning("could not release a de-dup claim: %s", type(exc).__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis
 from redis.exceptions import NoScriptError
 
-from fin_relay.worker import lua
+from fin_relay.contract import redisproto
 
 Command = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -113,20 +113,15 @@ class Coalescer:
     def _round_trip(self, commands: list[Command]) -> list[Any]:
         """Send ``commands`` in one write on the held connection; replies (errors as values).
 
-        Before sending, the socket is checked as the pool checks one it hands out: one Redis
-        closed (restart, idle timeout, CLIENT KILL) is replaced by a fresh connection, so it
-        costs a reconnect, not a failed round trip for every job in it. Nothing is re-sent
-        after a failure (commands may have run)."""
+        Before sending, the socket is checked as the pool checks one it hands out
+        (:func:`~fin_relay.contract.redisproto.ensure_ready`): one Redis closed (restart, idle
+        timeout, CLIENT KILL) is replaced by a fresh connection, so it costs a reconnect, not a
+        failed round trip for every job in it. Nothing is re-sent after a failure (commands may
+        have run)."""
         if self._conn is None:
             self._conn = self._client.connection_pool.get_connection()
         conn, client = self._conn, cast(Any, self._client)
-        try:  # the check redis-py's ConnectionPool.get_connection makes (re-check on upgrades)
-            conn.connect()
-            if conn.can_read():  # a closed socket reads EOF; a live idle one has nothing
-                raise redis.ConnectionError("held connection not ready")
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
-            conn.connect()
+        redisproto.ensure_ready(conn)
         try:
             conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
             replies: list[Any] = []
@@ -186,7 +181,7 @@ class Coalescer:
             if missing:
                 # Redis lost the scripts: reload, run again only the commands that failed
                 # (every other one ran: running the stack again would publish twice).
-                lua.load_all(self._client)
+                redisproto.load_all(self._client)
                 again = self._round_trip([item.commands[i] for i in missing])
                 replies = list(replies)
                 for i, reply in zip(missing, again, strict=True):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.errors import (
     AuthError,
     InvalidJobError,
@@ -34,7 +35,7 @@ from fin_relay.contract.errors import (
 from fin_relay.contract.fin_api import MESSAGE_OPERATIONS, complete_timestamps, format_fin_time
 from fin_relay.contract.jobs import validate_task
 from fin_relay.contract.names import TASK_OPERATIONS, Names
-from fin_relay.worker import lua, metrics, transport
+from fin_relay.worker import metrics, transport
 from fin_relay.worker.fin_client import CallObservation
 from fin_relay.worker.outcomes import JobContext, Outcome, finish
 from fin_relay.worker.rate_limit import Acquired
@@ -402,7 +403,7 @@ def _record_attempt(
     rt.limiter.add_observe(pipe, observed.rate, slot)
     if release is not None:
         rt.sequencer.add_release(pipe, ctx.job_id, release)  # after everything else it records
-    results = lua.execute(rt.redis, pipe)
+    results = redisproto.execute(rt.redis, pipe)
     return int(results[1])
 
 

@@ -40,7 +40,7 @@ from fin_relay.contract.fin_api import (
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
 from fin_relay.contract.names import TASK_EVENT
 from fin_relay.contract.publish import add_publish
-from fin_relay.worker import lua, metrics
+from fin_relay.worker import metrics
 from fin_relay.worker.runtime import Runtime
 
 log = logging.getLogger("fin_relay.worker.events")
@@ -117,7 +117,9 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
         if name not in KNOWN_EVENTS:
             unexpected = f"event_name (unknown event), {unexpected}"
     marker = rt.names.job(f"event:{event_id}")
-    if rt.redis.exists(marker):  # a redelivery after it was published: publish once
+    # both round trips shared with the other threads' (worker.batching), as a call's are
+    (exists,) = rt.batch.execute([(("EXISTS", marker), {})])
+    if exists:  # a redelivery after it was published: publish once
         log.info("event=%s duplicate delivery: already published", event_id)
         return
     status: str | None = None
@@ -145,7 +147,7 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
         pipe, rt.names, rt.names.events, envelope, maxlen=rt.settings.fin_relay_stream_maxlen
     )
     pipe.set(marker, now_ms, ex=STATE_TTL_S)
-    lua.execute(rt.redis, pipe)
+    rt.batch.execute_pipeline(pipe)  # MULTI/EXEC: the state, the envelope and the marker
     received = kwargs.get("received_at_ms")
     lag = now_ms - received if isinstance(received, int) else -1
     metrics.event_published(lag)

@@ -1,10 +1,11 @@
 """Sequencing check and rate-limit acquire in one Redis round trip.
 
-``sequencing.lua`` and ``rate_limit.lua`` stay separate files (each readable and tested on its
-own); this module composes them into one script: each body becomes a local Lua function taking
-its own KEYS/ARGV, and the limiter runs only when sequencing says the job may go (and the
-delivery is not a terminal one that records an outcome without calling). That saves a round
-trip on every job (the worker's hot path is bound by Redis round trips and CPU).
+``sequencing.lua`` and ``rate_limit.lua`` (:mod:`fin_relay.contract.redisproto`) stay separate
+scripts (each readable and tested on its own); this module composes them into one: each source
+becomes a local Lua function taking its own KEYS/ARGV, and ``gate.lua`` runs the limiter only
+when sequencing says the job may go (and the delivery is not a terminal one that records an
+outcome without calling). That saves a round trip on every job (the worker's hot path is bound
+by Redis round trips and CPU).
 
 The job's lease (``sequencing.lua``) is taken by the sequencing check; when the limiter then
 says the job must be re-published (a wait of at least ``inline_max_ms``, or the auth pause),
@@ -19,13 +20,13 @@ now_ms``.
 
 from __future__ import annotations
 
-from pathlib import Path
+from string import Template
 from typing import Any
 
 import redis
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.names import Names
-from fin_relay.worker import lua
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.rate_limit import Acquired, RateLimiter
 from fin_relay.worker.sequencing import (
@@ -40,7 +41,6 @@ from fin_relay.worker.sequencing import (
     Sequencer,
 )
 
-_HERE = Path(__file__).parent
 MARK = "__rl__"
 
 
@@ -54,33 +54,22 @@ LEASED_AT = CHECK_LEASED_AT + 1
 
 def composite_source() -> str:
     """The Lua source of the composed gate script."""
-    go = ", ".join(f"{d}=true" for d in sorted(GO_DECISIONS))
-    return (
-        _as_function("sequencing", (_HERE / "sequencing.lua").read_text())
-        + _as_function("rate_limit", (_HERE / "rate_limit.lua").read_text())
-        + f"""
-local n, inline_max = tonumber(ARGV[1]), tonumber(ARGV[2])
-local seq_keys, rl_keys, seq_args, rl_args = {{}}, {{}}, {{}}, {{}}
-for i = 1, {SEQ_KEY_COUNT} do seq_keys[i] = KEYS[i] end
-for i = {SEQ_KEY_COUNT} + 1, #KEYS do rl_keys[#rl_keys + 1] = KEYS[i] end
-for i = 3, n + 2 do seq_args[#seq_args + 1] = ARGV[i] end
-for i = n + 3, #ARGV do rl_args[#rl_args + 1] = ARGV[i] end
-local out = sequencing(seq_keys, seq_args)
-local go = {{{go}}}
-if go[out[1]] and seq_args[{CHECK_TERMINAL_ARG}] ~= '1' then
-  local rl = rate_limit(rl_keys, rl_args)
-  local wait = tonumber(rl[1])
-  if out[{LEASED_AT}] == 1 and wait > 0 and (wait >= inline_max or rl[2] == 'auth') then
-    -- re-published, not slept: free the lease for the job's own re-publication
-    sequencing(seq_keys, {{'release', seq_args[2], seq_args[{CHECK_OWNER_ARG}]}})
-    out[{LEASED_AT}] = 0
-  end
-  out[#out + 1] = '{MARK}'
-  for i = 1, #rl do out[#out + 1] = rl[i] end
-end
-return out
-"""
+    driver = Template(redisproto.source("gate.lua")).substitute(
+        seq_key_count=SEQ_KEY_COUNT,
+        go_decisions=", ".join(f"{d}=true" for d in sorted(GO_DECISIONS)),
+        terminal_arg=CHECK_TERMINAL_ARG,
+        leased_at=LEASED_AT,
+        owner_arg=CHECK_OWNER_ARG,
+        mark=MARK,
     )
+    return (
+        _as_function("sequencing", redisproto.SEQUENCING.source)
+        + _as_function("rate_limit", redisproto.RATE_LIMIT.source)
+        + driver
+    )
+
+
+GATE = redisproto.Script(composite_source(), "gate")
 
 
 class Gate:
@@ -99,7 +88,6 @@ class Gate:
         self._batch = batch
         self._sequencer = sequencer
         self._limiter = limiter
-        self._script = lua.register(client, composite_source())
 
     def check_and_acquire(
         self,
@@ -136,7 +124,7 @@ class Gate:
         args = [len(seq_args), inline_max_ms, *seq_args, *rl_args]
         # shares a round trip with the other threads' gate calls and outcomes
         raw: list[Any]
-        (raw,) = self._batch.execute([(("EVALSHA", self._script.sha, len(keys), *keys, *args), {})])
+        (raw,) = self._batch.execute([(GATE.command(keys, args), {})])
         acquired = None
         if MARK in raw[CHECK_FIELDS_AT:]:
             at = len(raw) - 1 - raw[::-1].index(MARK)

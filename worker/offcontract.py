@@ -42,6 +42,7 @@ arguments) are replaced by the argument names.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import time
@@ -52,6 +53,7 @@ from typing import Any
 import redis
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.celery_wire import SEQ_HEADER, kwargs_repr, split_message
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_EVENT, DEAD_JOB, RELAY_KWARG, dead_letter
@@ -65,7 +67,6 @@ from fin_relay.contract.names import (
 )
 from fin_relay.contract.publish import add_publish
 from fin_relay.observability import DEAD_LETTERS
-from fin_relay.worker import lua
 from fin_relay.worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger("fin_relay.worker.offcontract")
@@ -330,7 +331,7 @@ def dead_letter_message(rt: Runtime, verdict: Verdict) -> Envelope:
         args=verdict.args,
         raw=verdict.raw,
     )
-    lua.execute(rt.redis, pipe)
+    redisproto.execute(rt.redis, pipe)
     DEAD_LETTERS.labels("event" if verdict.kind == DEAD_EVENT else "job", verdict.reason).inc()
     return envelope
 
@@ -437,6 +438,24 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     handlers Celery calls for messages it cannot run (unknown, unregistered, invalid,
     undecodable) dead-letter too instead of logging the message.
     """
+
+    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
+        """Ack or reject now, in the calling (pool) thread, when the broker transport allows it
+        (``transport.Transport.THREAD_SAFE_ACKS``).
+
+        Celery queues every ack on the event loop (``hub.call_soon``): one synchronous Redis
+        round trip per task in the thread that also takes every message, whose every socket
+        call then waits for the GIL behind the pool threads. Under load that serial thread
+        was the worker's bottleneck (a backlog in Redis while slots are free)."""
+        transport = getattr(self.connection, "transport", None)
+        if self.hub is None or not getattr(transport, "THREAD_SAFE_ACKS", False):
+            return super().call_soon_ack(p, *args, **kwargs)
+        call = functools.partial(p, *args, **kwargs)
+        try:
+            call()
+        except Exception as exc:
+            log.error("ack/reject failed: %r", exc)
+        return call
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         on_task_received = super().create_task_handler(*args, **kwargs)

@@ -1,6 +1,6 @@
-"""Fleet-wide rate limiter over Redis (``rate_limit.lua``): fixed 10-second windows, learned caps,
-and the fleet-wide pauses after a 429 (until the reset) and a 401 (until a probe succeeds or the
-token changes).
+"""Fleet-wide rate limiter over Redis (``rate_limit.lua`` of :mod:`fin_relay.contract.redisproto`):
+fixed 10-second windows, learned caps, and the fleet-wide pauses after a 429 (until the reset)
+and a 401 (until a probe succeeds or the token changes).
 
 Celery's ``rate_limit`` task option is per worker and cannot keep a fleet under one quota.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.names import Names
-from fin_relay.worker import lua
+from fin_relay.contract.redisproto import RATE_LIMIT, text
 from fin_relay.worker.fin_client import RateLimitInfo
 
 WINDOW_MS = 10_000
@@ -24,7 +24,6 @@ WINDOW_MS = 10_000
 BOUNDARY_GUARD_MS = 250
 #: When only a learned cap that may still rise blocks a call, wait this long, not the window.
 SETTLE_MS = 100
-_SCRIPT = (Path(__file__).parent / "rate_limit.lua").read_text()
 
 
 def token_fingerprint(token: str) -> str:
@@ -54,10 +53,6 @@ class Acquired:
         return self.why == "probe"
 
 
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RateLimiter:
     """Thin wrapper around the Lua script; every method is one atomic Redis call."""
 
@@ -81,7 +76,6 @@ class RateLimiter:
         self.window_ms = window_ms
         self.guard_ms = guard_ms
         self.settle_ms = settle_ms
-        self._script = lua.register(client, _SCRIPT)
         self._win_prefix = names.ratelimit_window(0).removesuffix("0")
         self._cap_prefix = names.ratelimit_cap(0).removesuffix("0")
 
@@ -107,7 +101,7 @@ class RateLimiter:
     @staticmethod
     def parse_acquired(raw: list[Any]) -> Acquired:
         extra = [int(v) for v in raw[2:5]] + [0, 0, 0]
-        return Acquired(int(raw[0]), _decode(raw[1]), extra[0], extra[1], extra[2])
+        return Acquired(int(raw[0]), text(raw[1]), extra[0], extra[1], extra[2])
 
     def acquire(self, job_key: str = "", stamp_field: str = "") -> Acquired:
         """Take one call slot in the current window, or say how long to wait (ms).
@@ -116,7 +110,7 @@ class RateLimiter:
         atomic step: the worker records when it first sent a request whose fate may be unknown.
         """
         keys, args = self.acquire_call(job_key, stamp_field)
-        return self.parse_acquired(self._script(keys=keys, args=args))
+        return self.parse_acquired(RATE_LIMIT(self._client, keys, args))
 
     def add_observe(self, pipe: Any, rate: RateLimitInfo, slot: Acquired | None) -> bool:
         """Queue the learning step for one response's headers on a pipeline (False: nothing).
@@ -128,7 +122,7 @@ class RateLimiter:
         if rate.remaining is None or rate.reset_s is None or slot is None:
             return False
         args = self._args("observe", rate.remaining, rate.reset_s)
-        lua.queue(pipe, self._script, self._keys(), args)
+        RATE_LIMIT.queue(pipe, self._keys(), args)
         return True
 
     def stale(self, slot: Acquired, now_s: float | None = None) -> bool:
@@ -147,20 +141,22 @@ class RateLimiter:
     def observe(self, rate: RateLimitInfo, slot: Acquired | None) -> None:
         pipe = self._client.pipeline(transaction=False)
         if self.add_observe(pipe, rate, slot):
-            lua.execute(self._client, pipe)
+            redisproto.execute(self._client, pipe)
 
     def pause(self, delay_ms: int) -> int:
         """After a 429: nobody in the fleet calls Fin for ``delay_ms``. Returns the pause end."""
-        (until_ms,) = self._script(keys=self._keys(), args=self._args("pause", max(1, delay_ms)))
+        (until_ms,) = RATE_LIMIT(self._client, self._keys(), self._args("pause", max(1, delay_ms)))
         return int(until_ms)
 
     def auth_failed(self) -> bool:
         """After a 401: pause the fleet (True when this started a new pause)."""
-        (fresh,) = self._script(
-            keys=self._keys(), args=self._args("auth_fail", self.token_fp, self.probe_interval_ms)
+        (fresh,) = RATE_LIMIT(
+            self._client,
+            self._keys(),
+            self._args("auth_fail", self.token_fp, self.probe_interval_ms),
         )
         return bool(int(fresh))
 
     def add_auth_ok(self, pipe: Any) -> None:
         """Queue the clearing of an auth pause of this token (a call just succeeded)."""
-        lua.queue(pipe, self._script, self._keys(), self._args("auth_ok", self.token_fp))
+        RATE_LIMIT.queue(pipe, self._keys(), self._args("auth_ok", self.token_fp))

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.fin_api import VersionPolicy
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import WorkerSettings, load
-from fin_relay.worker import lua
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.fin_client import ThreadLocalClients
 from fin_relay.worker.gate import Gate
@@ -72,7 +72,7 @@ class Runtime:
         gate = Gate(client, names, sequencer, limiter, batch)
         # If Redis does not answer yet, the scripts load on first use (NOSCRIPT).
         with contextlib.suppress(redis.RedisError):
-            lua.load_all(client)
+            redisproto.load_all(client)
         return cls(
             settings=settings,
             names=names,

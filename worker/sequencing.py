@@ -1,5 +1,5 @@
 """Per-conversation sequencing and race-free conversation state (``sequencing.lua``,
-``conversation_state.lua``).
+``conversation_state.lua`` of :mod:`fin_relay.contract.redisproto`).
 
 Guarantee (see docs/worker.md): the calls of one conversation reach Fin one at a time, in
 sequence order, across all workers; a reply waits until Fin finished the previous turn. The
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -25,10 +24,7 @@ import redis
 from fin_relay.contract.conversation import STATE_TTL_S, call_state_update, event_state_update
 from fin_relay.contract.fin_api import parse_fin_time
 from fin_relay.contract.names import Names
-from fin_relay.worker import lua
-
-_SEQ_SCRIPT = (Path(__file__).parent / "sequencing.lua").read_text()
-_STATE_SCRIPT = (Path(__file__).parent / "conversation_state.lua").read_text()
+from fin_relay.contract.redisproto import CONVERSATION_STATE, SEQUENCING, text
 
 GO_DECISIONS = frozenset({"go", "forced_order", "forced_turn"})
 SEQ_KEY_COUNT = 5
@@ -43,10 +39,6 @@ CHECK_TERMINAL_ARG = 11
 #: (0-based).
 CHECK_LEASED_AT = 5
 CHECK_FIELDS_AT = 6
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -97,10 +89,9 @@ class Sequencer:
     """Wraps the sequencing and conversation-state scripts."""
 
     def __init__(self, client: redis.Redis, names: Names, ttl_s: int = STATE_TTL_S) -> None:
+        self._client = client
         self._names = names
         self._ttl_s = ttl_s
-        self._seq = lua.register(client, _SEQ_SCRIPT)
-        self._state = lua.register(client, _STATE_SCRIPT)
 
     def _keys(self, job_id: str, conversation_id: str | None) -> list[str]:
         n, cid = self._names, conversation_id or "-"
@@ -149,10 +140,10 @@ class Sequencer:
     @staticmethod
     def parse_check(raw: list[Any]) -> Check:
         """Decode the "check" reply."""
-        fields = [_s(v) for v in raw[CHECK_FIELDS_AT:]]
+        fields = [text(v) for v in raw[CHECK_FIELDS_AT:]]
         return Check(
-            decision=_s(raw[0]),
-            ts=_s(raw[1]) or None,
+            decision=text(raw[0]),
+            ts=text(raw[1]) or None,
             seq=int(raw[2]),
             next_seq=int(raw[3]),
             waited_ms=int(raw[4]),
@@ -187,7 +178,7 @@ class Sequencer:
             lease_ms=lease_ms,
             terminal=terminal,
         )
-        check = self.parse_check(self._seq(keys=keys, args=args))
+        check = self.parse_check(SEQUENCING(self._client, keys, args))
         if lease is not None:
             lease.held = check.leased
         return check
@@ -195,19 +186,19 @@ class Sequencer:
     def add_release(self, pipe: Any, job_id: str, lease: Lease) -> None:
         """Queue "free the job's lease if ``lease`` holds it" on a pipeline (a delivery that
         ends without an outcome, before its job is re-published)."""
-        lua.queue(pipe, self._seq, self._keys(job_id, None), ["release", self._ttl_s, lease.owner])
+        SEQUENCING.queue(pipe, self._keys(job_id, None), ["release", self._ttl_s, lease.owner])
         lease.held = False
 
     def release(self, job_id: str, lease: Lease) -> bool:
         """Free the job's lease if ``lease`` holds it (True when it did)."""
         lease.held = False
         keys = self._keys(job_id, None)
-        (freed,) = self._seq(keys=keys, args=["release", self._ttl_s, lease.owner])
+        (freed,) = SEQUENCING(self._client, keys, ["release", self._ttl_s, lease.owner])
         return int(freed) == 1
 
     def add_done(self, pipe: Any, job_id: str, conversation_id: str, seq: int) -> None:
         """Queue "this sequence number finished" on a pipeline (``next`` skips past it)."""
-        lua.queue(pipe, self._seq, self._keys(job_id, conversation_id), ["done", self._ttl_s, seq])
+        SEQUENCING.queue(pipe, self._keys(job_id, conversation_id), ["done", self._ttl_s, seq])
 
     def add_call_state(
         self, pipe: Any, conversation_id: str, status: str, created_at: str | None, now_ms: int
@@ -235,9 +226,8 @@ class Sequencer:
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, value]
-        lua.queue(
+        CONVERSATION_STATE.queue(
             pipe,
-            self._state,
             [self._names.conversation_state(conversation_id)],
             [mode, fin_time_ms(created_at), self._ttl_s, *flat],
         )

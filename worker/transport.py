@@ -79,7 +79,6 @@ another version, so an upgrade re-checks these overrides and re-runs
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -102,7 +101,7 @@ import kombu.utils.json
 import redis
 from celery.app.amqp import AMQP as CeleryAMQP
 
-from fin_relay.contract import celery_wire, names
+from fin_relay.contract import celery_wire, names, redisproto
 from fin_relay.contract.conversation import STATE_TTL_S
 
 # kombu is only partly typed: its Redis transport is used as untyped.
@@ -146,72 +145,10 @@ def kombu_verified() -> bool:
 
 # --- fix 1: atomic take ----------------------------------------------------------------------
 
-#: KEYS: unacked index, unacked hash, this channel's inflight key, this process's owner set
-#: (fix 4), then the queues in order. ARGV: now (s), inflight key TTL (ms), '1' to record the
-#: tag in the owner set, then the numbering (5): job key prefix ('' = no numbering), the
-#: conversation counter's key prefix and suffix, the TTL (s) of the keys it writes, the call
-#: task names (space-separated). Returns {queue, message, recorded, seq} or false.
-_TAKE_SCRIPT = (
-    celery_wire.LUA_READER
-    + """
-local numbering = ARGV[4] ~= ''
-local calls = {}
-if numbering then
-    for name in string.gmatch(ARGV[8], '%S+') do calls[name] = true end
-end
--- Number a call job of a conversation as it is handed out (fix 5): INCR of the conversation's
--- counter, kept in the job's hash so a redelivery or a retry keeps its number.
-local function number(message)
-    local task, id, kwargs = celery_wire_read(message)
-    if task == nil or not calls[task] then return 0 end
-    local cid = celery_wire_conversation(kwargs)
-    if cid == nil then return 0 end
-    local job = ARGV[4] .. id
-    local seq = tonumber(redis.call('HGET', job, 'seq') or '0')
-    local counter = ARGV[5] .. cid .. ARGV[6]
-    if seq == 0 then
-        seq = redis.call('INCR', counter)
-        redis.call('HSET', job, 'seq', seq)
-    end
-    redis.call('EXPIRE', counter, ARGV[7])
-    redis.call('EXPIRE', job, ARGV[7])
-    return seq
-end
-for i = 5, #KEYS do
-    local item = redis.call('LINDEX', KEYS[i], -1)
-    if item then
-        local ok, message = pcall(cjson.decode, item)
-        local properties = ok and type(message) == 'table' and message['properties']
-        local tag = type(properties) == 'table' and properties['delivery_tag']
-        if type(tag) ~= 'string' then
-            redis.call('RPOP', KEYS[i])
-            return {KEYS[i], item, 0, 0}  -- not a kombu message: handed over as BRPOP would
-        end
-        local info = properties['delivery_info']
-        local exchange, routing_key = '', ''
-        if type(info) == 'table' then
-            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
-        end
-        -- the number and the record first: a write refused (Redis out of memory, noeviction)
-        -- stops the script before anything is taken; a number written before a refusal is
-        -- found again by the next take of the message
-        local seq = 0
-        if numbering then seq = number(message) end
-        redis.call('ZADD', KEYS[1], ARGV[1], tag)
-        -- kombu's own record: JSON [message, exchange, routing_key]
-        redis.call('HSET', KEYS[2], tag,
-            '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
-        if ARGV[3] == '1' then redis.call('SADD', KEYS[4], tag) end  -- who holds it (fix 4)
-        redis.call('RPOP', KEYS[i])
-        redis.call('SET', KEYS[3], tag, 'PX', ARGV[2])
-        return {KEYS[i], item, 1, seq}
-    end
-end
-return false
-"""
-)
-_TAKE_SHA = hashlib.sha1(_TAKE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis script id
+#: The take (``redisproto/broker_take.lua``, ``celery_wire.lua`` prepended): its KEYS, ARGV and
+#: reply are documented there.
+_TAKE_SCRIPT = redisproto.BROKER_TAKE.source
+_TAKE_SHA = redisproto.BROKER_TAKE.sha
 
 
 @dataclass
@@ -301,6 +238,30 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             )
             raise
 
+    # Acks come from the pool threads (``Transport.THREAD_SAFE_ACKS``): kombu's ack and reject,
+    # plus a wake-up of the event loop when the ack frees the prefetch slot it waits for.
+
+    def ack(self, delivery_tag: str) -> None:
+        self._remove_from_indices(delivery_tag).execute()
+        self._settled(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._remove_from_indices(delivery_tag).execute()
+        self._settled(delivery_tag)
+
+    def _settled(self, delivery_tag: str) -> None:
+        # Only the event loop adds to _delivered (one take at a time); a slot freed while it
+        # was full, or one take from full, may be what the loop is waiting for (it sends no
+        # take while it is full, and nothing else would wake it before its next timer).
+        pcount = self.prefetch_count
+        near_full = pcount and len(self._delivered) - len(self._dirty) >= pcount - 1
+        kombu_virtual.QoS.ack(self, delivery_tag)  # _dirty.add: atomic
+        if near_full:
+            self.channel.connection.wake_loop()
+
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         # kombu's ack, reject and every restore (restore_by_tag) come here: the tag leaves this
         # process's owner set in the same pipeline / MULTI as kombu's records (fix 4)
@@ -382,7 +343,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self._pool:
-            shared = self._shared_client = self._create_client()  # (re)creates the pool
+            with _client_lock:  # pool threads ack through it too: one pool, one client
+                shared = self._shared_client
+                if shared is None or shared.connection_pool is not self._pool:
+                    shared = self._shared_client = self._create_client()  # (re)creates the pool
         yield shared
 
     # fix 3: detached channels
@@ -572,6 +536,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             pipe.execute()
 
 
+_client_lock = threading.Lock()
+
+
 def _wake() -> None:
     """A timer callback doing nothing: firing it makes the event loop poll the queues."""
 
@@ -579,7 +546,17 @@ def _wake() -> None:
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
+    #: Acks and rejects may be sent from any thread (fin-relay's consumer then sends them from
+    #: the pool thread that ran the task instead of queueing them on the event loop: see
+    #: ``offcontract.Consumer.call_soon_ack``).
+    THREAD_SAFE_ACKS = True
+
     _loop: Any = None
+
+    def wake_loop(self) -> None:
+        """Make the event loop poll again now (thread-safe; a no-op without a loop)."""
+        if self._loop is not None:
+            self._loop.call_soon(_wake)
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
@@ -625,47 +602,12 @@ REAP_BATCH = 16
 #: Socket timeouts of the keep-alive client: a Redis that hangs must not stall the heartbeat.
 KEEPALIVE_TIMEOUT_S = 3.0
 
-#: Renew this process's lease; with ARGV[4] > 0 also claim up to that many dead owners: their
-#: tags move into this process's owner set (so they are put back by whoever outlives it, should
-#: it die before putting them back), their set and lease are deleted, all in one step, so two
-#: reapers never claim the same owner. KEYS: owners zset, this process's owner set.
-#: ARGV: owner id, owner set key prefix, lease (ms), max owners to claim.
-#: Returns {{owner, lease end (ms), now (ms), {tags}}, ...}.
-_KEEP_ALIVE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-local limit = tonumber(ARGV[4])
-if limit <= 0 then return {} end
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local claimed = {}
-for i = 1, #dead, 2 do
-    local owner = dead[i]
-    local key = ARGV[2] .. owner
-    local tags = redis.call('SMEMBERS', key)
-    for j = 1, #tags, 1000 do
-        redis.call('SADD', KEYS[2], unpack(tags, j, math.min(j + 999, #tags)))
-    end
-    redis.call('DEL', key)
-    redis.call('ZREM', KEYS[1], owner)
-    claimed[#claimed + 1] = {owner, dead[i + 1], tostring(now), tags}
-end
-return claimed
-"""
-_KEEP_ALIVE_SHA = hashlib.sha1(_KEEP_ALIVE_SCRIPT.encode()).hexdigest()  # noqa: S324
+#: Renew this process's lease, claiming dead owners (``redisproto/broker_keep_alive.lua``).
+_KEEP_ALIVE_SCRIPT = redisproto.BROKER_KEEP_ALIVE.source
+_KEEP_ALIVE_SHA = redisproto.BROKER_KEEP_ALIVE.sha
 
-#: A process stopping gracefully: no lease left behind. Whatever is still in its owner set (an
-#: ack that could not be sent) is left to the next reaper at once (lease end 0).
-#: KEYS: owners zset, this process's owner set. ARGV: owner id. Returns the tags left.
-_RELEASE_SCRIPT = """
-local left = redis.call('SCARD', KEYS[2])
-if left == 0 then
-    redis.call('ZREM', KEYS[1], ARGV[1])
-else
-    redis.call('ZADD', KEYS[1], 0, ARGV[1])
-end
-return left
-"""
+#: A process stopping gracefully: no lease left behind (``redisproto/broker_release.lua``).
+_RELEASE_SCRIPT = redisproto.BROKER_RELEASE.source
 
 
 def new_owner_id() -> str:

@@ -31,9 +31,9 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple, TypedDict, Unpack
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.names import TASK_QUEUES
 
 _ORIGIN = f"fin-relay@{socket.gethostname()}"
@@ -48,9 +48,9 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 #: send.
 SEQ_HEADER = "fin_relay_seq"
 
-#: The Lua half of :func:`read_call` (``celery_wire.lua``): defines ``celery_wire_read`` and
-#: ``celery_wire_conversation`` for a Redis script to prepend.
-LUA_READER = Path(__file__).with_name("celery_wire.lua").read_text()
+#: The Lua half of :func:`read_call` (``redisproto/celery_wire.lua``): defines
+#: ``celery_wire_read`` and ``celery_wire_conversation`` for a Redis script to prepend.
+LUA_READER = redisproto.source("celery_wire.lua")
 
 
 class TaskParts(NamedTuple):

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fin_relay.contract.redisproto import text
+
 DONE_STATUSES = frozenset({"awaiting_user_reply", "complete"})
 STATE_TTL_S = 7 * 24 * 3600
 
@@ -36,10 +38,7 @@ class ConversationState:
 
     @classmethod
     def from_hash(cls, conversation_id: str, raw: dict[Any, Any]) -> ConversationState:
-        data = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
+        data = {text(k): text(v) for k, v in raw.items()}
 
         def _int(key: str) -> int | None:
             value = data.get(key)

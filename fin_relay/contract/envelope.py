@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from fin_relay.contract.fin_api import format_fin_time
+from fin_relay.contract.redisproto import text
 
 
 class Envelope(BaseModel):
@@ -89,9 +90,7 @@ class Envelope(BaseModel):
 
 def _field(fields: dict[Any, Any], name: str) -> str | None:
     value = fields.get(name, fields.get(name.encode()))
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return None if value is None else text(value)
 
 
 def stream_conversation_id(fields: dict[Any, Any]) -> str | None:

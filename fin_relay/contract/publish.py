@@ -9,15 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.names import Names
-
-#: XADD KEYS[1] (MAXLEN ~ ARGV[1], fields ARGV[3..]) and HSET KEYS[2] ARGV[2] <the new id>.
-_XADD_RECORDING_ID = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
-redis.call('HSET', KEYS[2], ARGV[2], id)
-return id
-"""
 
 
 def add_publish(
@@ -34,13 +28,16 @@ def add_publish(
     XADD ``stream`` (capped), PUBLISH ``stream``, and PUBLISH the conversation's channel when the
     envelope has a conversation id. Works with sync and asyncio pipelines alike. With
     ``record_id=(hash key, field)`` the new entry's id is also written to that hash field by
-    the same command (a script), so no reader ever sees the entry without the record.
+    the same command (``xadd_recording_id.lua``), so no reader ever sees the entry without the
+    record; sent as ``EVAL`` (it is rare, and a ``NOSCRIPT`` re-run would land after the
+    ``EXEC`` of the transaction it is part of).
     """
     if record_id is None:
         pipe.xadd(stream, envelope.stream_fields(), maxlen=maxlen, approximate=True)
     else:
         flat = [part for item in envelope.stream_fields().items() for part in item]
-        pipe.eval(_XADD_RECORDING_ID, 2, stream, record_id[0], maxlen, record_id[1], *flat)
+        keys, args = [stream, record_id[0]], [maxlen, record_id[1], *flat]
+        redisproto.XADD_RECORDING_ID.queue_source(pipe, keys, args)
     text = envelope.to_json()
     pipe.publish(stream, text)
     if envelope.conversation_id:

@@ -1,23 +1,22 @@
-"""enqueue.lua against real Redis: atomic mark + push, duplicates, malformed batches refused."""
+"""ingest_enqueue.lua against real Redis: atomic mark + push, duplicates, malformed batches refused."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from fin_relay.webhook_ingest.enqueue import load_lua
+from fin_relay.contract.redisproto import INGEST_ENQUEUE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def run(client: redis.Redis, keys: list[str], payloads: list[bytes], ttl_s: int = 100) -> list[int]:
-    script = client.register_script(load_lua())
     lengths = ",".join(str(len(p)) for p in payloads)
-    return list(script(keys=["fin.events", *keys], args=[ttl_s, b"".join(payloads), lengths]))
+    return list(INGEST_ENQUEUE(client, ["fin.events", *keys], [ttl_s, b"".join(payloads), lengths]))
 
 
 def test_lua_file_documents_keys_and_argv() -> None:
-    head = load_lua().splitlines()[:8]
+    head = INGEST_ENQUEUE.source.splitlines()[:8]
     assert head[0].startswith("--")
     assert any("KEYS[1]" in line for line in head) and any("ARGV[1]" in line for line in head)
 
@@ -42,9 +41,8 @@ def test_new_duplicate_and_repeated_in_batch(redis_client: redis.Redis) -> None:
 def test_malformed_batch_writes_nothing(
     redis_client: redis.Redis, keys: list[str], payloads: list[bytes], lengths: str
 ) -> None:
-    script = redis_client.register_script(load_lua())
     with pytest.raises(redis.ResponseError, match="fin-relay enqueue"):
-        script(keys=["fin.events", *keys], args=[100, b"".join(payloads), lengths])
+        INGEST_ENQUEUE(redis_client, ["fin.events", *keys], [100, b"".join(payloads), lengths])
     assert redis_client.llen("fin.events") == 0 and not redis_client.keys("m:*")
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 import redis
 
-from fin_relay.worker import lua
+from fin_relay.contract import redisproto
 from fin_relay.worker.batching import Coalescer
 
 
@@ -52,7 +52,7 @@ def test_an_error_fails_only_its_own_stack(redis_client: redis.Redis) -> None:
 
 
 def test_lost_scripts_are_reloaded_and_the_stack_rerun(redis_client: redis.Redis) -> None:
-    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    script = redisproto.Script("return redis.call('INCR', KEYS[1])")
     batch = Coalescer(redis_client)
     redis_client.script_flush()
     assert batch.execute([(("EVALSHA", script.sha, 1, "k"), {})]) == [1]
@@ -64,7 +64,7 @@ def test_lost_scripts_rerun_only_the_script_not_the_rest_of_the_stack(
 ) -> None:
     """After SCRIPT FLUSH the other commands of the stack already ran: a whole re-run would
     XADD (publish) a second time."""
-    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    script = redisproto.Script("return redis.call('INCR', KEYS[1])")
     batch = Coalescer(redis_client)
     redis_client.script_flush()
     stack = [
@@ -81,13 +81,13 @@ def test_lost_scripts_rerun_only_the_script_not_the_rest_of_the_stack(
 def test_lua_execute_reruns_only_failed_scripts_inside_multi(redis_client: redis.Redis) -> None:
     """``MULTI``/``EXEC`` with a lost script: Redis runs every other command (NOSCRIPT is that
     command's error at EXEC), so only the script runs again: one XADD, one marker."""
-    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    script = redisproto.Script("return redis.call('INCR', KEYS[1])")
     redis_client.script_flush()
     pipe = redis_client.pipeline(transaction=True)
     pipe.xadd("events", {"id": "e1"})
-    lua.queue(pipe, script, ["state"], [])
+    script.queue(pipe, ["state"], [])
     pipe.set("marker", "1")
-    results = lua.execute(redis_client, pipe)
+    results = redisproto.execute(redis_client, pipe)
     assert results[1:] == [1, True]
     assert redis_client.xlen("events") == 1
     assert redis_client.get("state") == "1" and redis_client.get("marker") == "1"
@@ -99,7 +99,7 @@ def test_lua_execute_raises_other_errors(redis_client: redis.Redis) -> None:
     pipe.incr("s")
     pipe.set("after", "1")
     with pytest.raises(redis.ResponseError):
-        lua.execute(redis_client, pipe)
+        redisproto.execute(redis_client, pipe)
     assert redis_client.get("after") == "1"
 
 
@@ -161,7 +161,7 @@ def test_a_transaction_stack_is_all_or_nothing(redis_client: redis.Redis) -> Non
 
 
 def test_lost_scripts_in_a_transaction_rerun_only_the_script(redis_client: redis.Redis) -> None:
-    script = lua.register(redis_client, "return redis.call('INCR', KEYS[1])")
+    script = redisproto.Script("return redis.call('INCR', KEYS[1])")
     batch = Coalescer(redis_client)
     redis_client.script_flush()
     stack = [

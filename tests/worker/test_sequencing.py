@@ -8,10 +8,10 @@ import time
 
 import redis
 
+from fin_relay.contract import redisproto
 from fin_relay.contract.conversation import read_state
 from fin_relay.contract.jobs import prepare_replay
 from fin_relay.contract.names import Names
-from fin_relay.worker import lua
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.calls import new_lease
 from fin_relay.worker.gate import Gate
@@ -55,7 +55,7 @@ def check(
 def done(client: redis.Redis, seqr: Sequencer, job: str, seq: int) -> None:
     pipe = client.pipeline()
     seqr.add_done(pipe, job, "c1", seq)
-    lua.execute(client, pipe)
+    redisproto.execute(client, pipe)
 
 
 def test_jobs_go_one_at_a_time_in_sequence(redis_client: redis.Redis) -> None:
@@ -91,16 +91,16 @@ def test_reply_waits_for_turn_and_is_skipped_when_escalated(redis_client: redis.
     seqr = Sequencer(redis_client, N)
     pipe = redis_client.pipeline()
     seqr.add_call_state(pipe, "c1", "thinking", "2026-01-01T00:00:01.000Z", 0)
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     assert check(seqr, "r1", wait_turn=True).decision == "wait_turn"
     assert check(seqr, "r1", wait_turn=True, hold_max_ms=0).decision == "forced_turn"
     pipe = redis_client.pipeline()
     seqr.add_event_state(pipe, "c1", "awaiting_user_reply", "2026-01-01T00:00:03.000Z", 0)
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     assert check(seqr, "r1", wait_turn=True).go
     pipe = redis_client.pipeline()
     seqr.add_event_state(pipe, "c1", "escalated", "2026-01-01T00:00:04.000Z", 0)
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     assert check(seqr, "r1", wait_turn=True).decision == "escalated"
 
 
@@ -119,7 +119,7 @@ def test_done_event_processed_before_call_state_is_not_overwritten(
     pipe = redis_client.pipeline()
     seqr.add_event_state(pipe, "c1", "awaiting_user_reply", "2026-01-01T00:00:05.000Z", 0)
     seqr.add_call_state(pipe, "c1", "thinking", "2026-01-01T00:00:01.000Z", 0)
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     state = read_state(redis_client, N.conversation_state("c1"), "c1")
     assert not state.turn_in_progress and state.status == "awaiting_user_reply"
 
@@ -131,7 +131,7 @@ def test_stale_done_event_of_previous_turn_does_not_end_current_turn(
     pipe = redis_client.pipeline()
     seqr.add_call_state(pipe, "c1", "thinking", "2026-01-01T00:00:10.000Z", 0)
     seqr.add_event_state(pipe, "c1", "awaiting_user_reply", "2026-01-01T00:00:05.000Z", 0)
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     state = read_state(redis_client, N.conversation_state("c1"), "c1")
     assert state.turn_in_progress and state.status == "thinking"
 
@@ -229,7 +229,7 @@ def test_release_lets_the_next_delivery_take_the_lease(redis_client: redis.Redis
     assert check(seqr, "j", lease=retry).decision == "wait_lease"
     pipe = redis_client.pipeline()
     seqr.add_release(pipe, "j", first)  # what a deferred delivery queues before re-publishing
-    assert lua.execute(redis_client, pipe) == [[1]] and not first.held
+    assert redisproto.execute(redis_client, pipe) == [[1]] and not first.held
     assert lease_fields(redis_client, "j") == {}
     taken = check(seqr, "j", lease=retry)
     assert taken.decision == "go" and taken.leased
@@ -313,7 +313,7 @@ def test_a_replay_is_not_blocked_by_the_finished_runs_lease(redis_client: redis.
     redis_client.hset(N.job("j"), "outcome", "failed")
     pipe = redis_client.pipeline()
     prepare_replay(pipe, N, "j")
-    lua.execute(redis_client, pipe)
+    redisproto.execute(redis_client, pipe)
     replayed = check(seqr, "j", lease=Lease("w2#replay"), conv=None)
     assert replayed.decision == "go" and replayed.leased
     assert lease_fields(redis_client, "j")["lease_run"] == "1"

@@ -46,22 +46,8 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cmd, ttl = ARGV[1], tonumber(ARGV[2])
 
-local function advance()
-  local nxt = tonumber(redis.call('GET', KEYS[3]) or '1')
-  while redis.call('ZSCORE', KEYS[5], nxt) do
-    redis.call('ZREM', KEYS[5], nxt)
-    nxt = nxt + 1
-  end
-  redis.call('SET', KEYS[3], nxt, 'EX', ttl)
-  redis.call('EXPIRE', KEYS[5], ttl)
-  return nxt
-end
-
-if cmd == 'done' then
-  local seq = tonumber(ARGV[3])
-  local nxt = tonumber(redis.call('GET', KEYS[3]) or '1')
-  if seq >= nxt then redis.call('ZADD', KEYS[5], seq, seq) end
-  return {advance()}
+if cmd == 'done' then  -- sequence_advance: sequence_advance.lua, prepended
+  return {sequence_advance(KEYS[3], KEYS[5], tonumber(ARGV[3]), ttl)}
 end
 local LEASE_FIELDS = {'lease_owner', 'lease_hb', 'lease_until_ms', 'lease_run'}
 if cmd == 'release' then
