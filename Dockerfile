@@ -3,6 +3,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
+# The component folders are installed as fin_relay.<folder> (pyproject.toml: package-dir).
 COPY fin_relay ./fin_relay
 COPY worker ./worker
 COPY producer ./producer
