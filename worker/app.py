@@ -106,7 +106,7 @@ def create_app() -> Celery:
     (``fin_relay.worker.transport``: no message lost, no crash, when Redis restarts); the
     same for ``fin-relay worker`` and ``celery -A fin_relay.worker.app worker``.
     """
-    celery_app = Celery("fin_relay", set_as_current=False, amqp=transport.AMQP)
+    celery_app = Celery("fin_relay", set_as_current=False, amqp=transport.TransportSelector)
     celery_app.add_defaults(_lazy_config)
     register(celery_app)
     return celery_app

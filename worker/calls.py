@@ -69,10 +69,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _countdown(rt: Runtime, seconds: float) -> float:
+def _countdown(runtime: Runtime, seconds: float) -> float:
     """Jittered, capped countdown: never past what is safe w.r.t. the visibility timeout."""
-    jitter = rt.rng.uniform(0.0, 0.05 + seconds * 0.05)
-    return max(0.01, min(seconds + jitter, longest_countdown_s(rt.settings)))
+    jitter = runtime.rng.uniform(0.0, 0.05 + seconds * 0.05)
+    return max(0.01, min(seconds + jitter, longest_countdown_s(runtime.settings)))
 
 
 def new_lease(names: Names, hostname: str | None) -> Lease:
@@ -88,15 +88,15 @@ def new_lease(names: Names, hostname: str | None) -> Lease:
     return Lease(owner=f"{heartbeat or '-'}|{incarnation}|{delivery}", heartbeat=heartbeat)
 
 
-def release_lease(rt: Runtime, job_id: str, lease: Lease) -> None:
+def release_lease(runtime: Runtime, job_id: str, lease: Lease) -> None:
     """Free the job's lease if this delivery holds it (one round trip)."""
-    pipe = rt.redis.pipeline(transaction=False)
-    rt.sequencer.add_release(pipe, job_id, lease)
-    rt.batch.execute_pipeline(pipe)
+    pipe = runtime.redis.pipeline(transaction=False)
+    runtime.sequencer.add_release(pipe, job_id, lease)
+    runtime.coalescer.execute_pipeline(pipe)
 
 
 def run_call(
-    rt: Runtime,
+    runtime: Runtime,
     task: str,
     job_id: str,
     kwargs: dict[str, Any],
@@ -109,17 +109,17 @@ def run_call(
     another delivery already recorded one). ``lease``: this delivery's (a new one if None).
     ``take_seq``: the conversation sequence number the broker's take gave the job (the
     ``fin_relay_seq`` header); it wins over the job's ``relay.sequence``."""
-    lease = lease if lease is not None else new_lease(rt.names, None)
-    result = _run_call(rt, task, job_id, kwargs, defers, lease=lease, take_seq=take_seq)
+    lease = lease if lease is not None else new_lease(runtime.names, None)
+    result = _run_call(runtime, task, job_id, kwargs, defers, lease=lease, take_seq=take_seq)
     if result is not None and lease.held:
         # Re-published without an outcome and not released yet (the paths after a call
         # release it in their own round trip): the re-publication must be able to take it.
-        release_lease(rt, job_id, lease)
+        release_lease(runtime, job_id, lease)
     return result
 
 
 def _gate(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     lease: Lease,
     *,
@@ -128,26 +128,26 @@ def _gate(
     sequence: int | None = None,
     terminal: bool = False,
 ) -> tuple[Check, Acquired | None]:
-    check, acquired = rt.gate.check_and_acquire(
+    check, acquired = runtime.gate.check_and_acquire(
         ctx.job_id,
         conversation_id,
-        stamp_ts=stamp,
+        message_time=stamp,
         sequence=sequence,
         wait_turn=ctx.operation == "reply",
-        hold_max_ms=int(rt.settings.fin_relay_sequence_hold_max_s * 1000),
-        stamp_field=AMBIGUOUS_FIELD,
+        hold_max_ms=int(runtime.settings.fin_relay_sequence_hold_max_s * 1000),
+        grant_time_field=AMBIGUOUS_FIELD,
         lease=lease,
-        lease_ms=int(lease_s(rt.settings) * 1000),
+        lease_ms=int(lease_s(runtime.settings) * 1000),
         inline_max_ms=INLINE_WAIT_MAX_MS,
         terminal=terminal,
     )
-    ctx.job_hash, ctx.seq = check.job, check.seq
-    ctx.started_ms = int(check.job.get("first_seen_ms") or ctx.started_ms)
-    ctx.attempts = int(check.job.get("attempts") or 0)
+    ctx.job_hash, ctx.seq = check.job_fields, check.seq
+    ctx.started_ms = int(check.job_fields.get("first_seen_ms") or ctx.started_ms)
+    ctx.attempts = int(check.job_fields.get("attempts") or 0)
     return check, acquired
 
 
-def _not_ours(rt: Runtime, ctx: JobContext, check: Check, defers: int) -> Defer | None:
+def _not_ours(runtime: Runtime, ctx: JobContext, check: Check, defers: int) -> Defer | None:
     """For a ``dup`` (None: acknowledged, nothing sent) or ``wait_lease`` (deferred) check."""
     if check.decision == WAIT_LEASE:
         log.info(
@@ -155,21 +155,21 @@ def _not_ours(rt: Runtime, ctx: JobContext, check: Check, defers: int) -> Defer 
             ctx.job_id,
             ctx.conversation_id or "-",
             ctx.operation,
-            check.job.get("lease_owner", "?"),
+            check.job_fields.get("lease_owner", "?"),
         )
-        return Defer(_countdown(rt, defer_delay_s(defers)), "lease")
+        return Defer(_countdown(runtime, defer_delay_s(defers)), "lease")
     log.info(
         "job=%s conv=%s op=%s duplicate delivery: already %s, not sent again",
         ctx.job_id,
         ctx.conversation_id or "-",
         ctx.operation,
-        check.job.get("outcome"),
+        check.job_fields.get("outcome"),
     )
     return None
 
 
 def _run_call(
-    rt: Runtime,
+    runtime: Runtime,
     task: str,
     job_id: str,
     kwargs: dict[str, Any],
@@ -189,16 +189,16 @@ def _run_call(
         started_ms=_now_ms(),
     )
     try:
-        ctx.job = validate_task(task, kwargs, rt.versions)
+        ctx.job = validate_task(task, kwargs, runtime.versions)
     except InvalidJobError as exc:
         # Never sent, but its call.failed must be recorded once: take the lease first (no
         # sequencing, no rate-limit slot).
-        check, _ = _gate(rt, ctx, lease, conversation_id=None, terminal=True)
+        check, _ = _gate(runtime, ctx, lease, conversation_id=None, terminal=True)
         if not check.leased:
-            return _not_ours(rt, ctx, check, defers)
+            return _not_ours(runtime, ctx, check, defers)
         # its number (the take gave one to a conversation's job) is marked done with it
         ctx.seq = take_seq or 0
-        finish(rt, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
+        finish(runtime, ctx, Outcome("failed", reason="invalid_job", error={"message": str(exc)}))
         return None
     ctx.body = ctx.job.body
     stamp = None
@@ -207,12 +207,12 @@ def _run_call(
         stamp = format_fin_time(datetime.now(UTC))
     # Open this thread's HTTP client (first use: TLS context, pool) before a slot is taken, so
     # the time between the grant and the send stays short.
-    rt.clients.get()
+    runtime.clients.get()
     # An expired job records call.failed without calling: it takes the lease (and no slot)
     # even while it would wait for its order or turn.
     expired = ctx.job.options.expired()
     check, acquired = _gate(
-        rt,
+        runtime,
         ctx,
         lease,
         conversation_id=ctx.conversation_id,
@@ -221,19 +221,25 @@ def _run_call(
         terminal=expired,
     )
     if check.decision in ("dup", WAIT_LEASE):
-        return _not_ours(rt, ctx, check, defers)
+        return _not_ours(runtime, ctx, check, defers)
     if check.leased:  # only the lease holder may record an outcome
-        unknown = _earlier_attempt_too_old(rt, check.job)
+        unknown = _earlier_attempt_too_old(runtime, check.job_fields)
         if unknown is not None:
-            finish(rt, ctx, Outcome("failed", reason="outcome_unknown", error={"message": unknown}))
+            finish(
+                runtime,
+                ctx,
+                Outcome("failed", reason="outcome_unknown", error={"message": unknown}),
+            )
             return None
     if stamp is not None and check.ts:
         message = {k: v for k, v in ctx.body["message"].items() if k != "timestamp_ms"}
         ctx.body["message"] = complete_timestamps({**message, "timestamp": check.ts})
-    return _after_check(rt, ctx, check, defers, acquired=acquired, lease=lease, expired=expired)
+    return _after_check(
+        runtime, ctx, check, defers, acquired=acquired, lease=lease, expired=expired
+    )
 
 
-def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | None:
+def _earlier_attempt_too_old(runtime: Runtime, job_hash: dict[str, str]) -> str | None:
     """Why this delivery must not call Fin, or ``None``.
 
     ``ambiguous_since_ms`` is written (HSETNX) in the same script that grants the rate-limit
@@ -247,7 +253,7 @@ def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | Non
     if not since:
         return None
     age_s = (_now_ms() - int(since)) / 1000.0
-    deadline_s = rt.settings.fin_relay_retry_deadline_s
+    deadline_s = runtime.settings.fin_relay_retry_deadline_s
     if age_s < deadline_s:
         return None
     return (
@@ -259,7 +265,7 @@ def _earlier_attempt_too_old(rt: Runtime, job_hash: dict[str, str]) -> str | Non
 
 
 def _after_check(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     check: Check,
     defers: int,
@@ -271,7 +277,7 @@ def _after_check(
     assert ctx.job is not None
     if expired:  # terminal: the gate gave this delivery the lease whatever the order said
         finish(
-            rt,
+            runtime,
             ctx,
             Outcome(
                 "failed",
@@ -281,10 +287,12 @@ def _after_check(
         )
         return None
     if check.decision == "escalated":
-        finish(rt, ctx, Outcome("skipped", reason="escalated"))
+        finish(runtime, ctx, Outcome("skipped", reason="escalated"))
         return None
     if check.decision in WAIT_DECISIONS:
-        return Defer(_countdown(rt, defer_delay_s(defers)), check.decision.removeprefix("wait_"))
+        return Defer(
+            _countdown(runtime, defer_delay_s(defers)), check.decision.removeprefix("wait_")
+        )
     if check.forced:
         log.warning(
             "job=%s conv=%s seq=%d next=%d %s: held %d ms, proceeding (hold max reached)",
@@ -295,26 +303,26 @@ def _after_check(
             check.decision,
             check.waited_ms,
         )
-        rt.redis.hincrby(rt.names.worker_metrics, f"sequence_{check.decision}", 1)
+        runtime.redis.hincrby(runtime.names.worker_metrics, f"sequence_{check.decision}", 1)
         metrics.sequence_overrun()
-    return _acquire_and_call(rt, ctx, acquired, lease)
+    return _acquire_and_call(runtime, ctx, acquired, lease)
 
 
 def _acquire_and_call(
-    rt: Runtime, ctx: JobContext, acquired: Acquired | None, lease: Lease
+    runtime: Runtime, ctx: JobContext, acquired: Acquired | None, lease: Lease
 ) -> Defer | None:
     """Call Fin with the slot the gate took, or wait for one: short waits in this thread,
     longer ones by re-publishing the job (the slot is not held idle, nothing spins).
 
     The lease is held throughout (a go decision took it; the gate released it only with a
     wait this loop does not sleep, so the loop returns a Defer at once then)."""
-    job_key = rt.names.job(ctx.job_id)
+    job_key = runtime.names.job(ctx.job_id)
     for _ in range(3):
         if acquired is None:
-            acquired = rt.limiter.acquire(job_key, AMBIGUOUS_FIELD)
+            acquired = runtime.limiter.acquire(job_key, AMBIGUOUS_FIELD)
         if acquired.go:
-            if acquired.probe or not rt.limiter.stale(acquired):
-                return _call(rt, ctx, acquired, lease)
+            if acquired.probe or not runtime.limiter.stale(acquired):
+                return _call(runtime, ctx, acquired, lease)
             # Held up since the grant: the request would reach Fin in a window this slot does
             # not cover. Take a slot in the window it will land in (the old one stays spent).
             log.info("job=%s rate-limit slot went stale before sending; re-acquiring", ctx.job_id)
@@ -323,27 +331,27 @@ def _acquire_and_call(
         if acquired.wait_ms >= INLINE_WAIT_MAX_MS or acquired.why == "auth":
             break
         metrics.limiter_wait(acquired.wait_ms / 1000.0)
-        time.sleep(acquired.wait_ms / 1000.0 + rt.rng.uniform(0.0, 0.05))
+        time.sleep(acquired.wait_ms / 1000.0 + runtime.rng.uniform(0.0, 0.05))
         acquired = None
     if acquired is None or acquired.go:  # only stale slots: try again at once, re-published
-        return Defer(_countdown(rt, 0.0), "quota")
+        return Defer(_countdown(runtime, 0.0), "quota")
     metrics.limiter_wait(acquired.wait_ms / 1000.0)
-    return Defer(_countdown(rt, acquired.wait_ms / 1000.0), acquired.why)
+    return Defer(_countdown(runtime, acquired.wait_ms / 1000.0), acquired.why)
 
 
-def _call(rt: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer | None:
+def _call(runtime: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer | None:
     assert ctx.job is not None
     observed = CallObservation()
     was_ambiguous = ctx.job_hash.get(AMBIGUOUS_FIELD)
     ctx.attempts += 1
     try:
-        reply = rt.clients.get().post(ctx.job.path, ctx.body, observed, ctx.job.version)
+        reply = runtime.clients.get().post(ctx.job.path, ctx.body, observed, ctx.job.version)
     except RateLimitedError as exc:
-        return _rate_limited(rt, ctx, exc, observed, was_ambiguous, lease=lease)
+        return _rate_limited(runtime, ctx, exc, observed, was_ambiguous, lease=lease)
     except AuthError as exc:
-        return _auth_failed(rt, ctx, exc, observed, was_ambiguous, lease=lease)
+        return _auth_failed(runtime, ctx, exc, observed, was_ambiguous, lease=lease)
     except RetryableError as exc:
-        return _retryable(rt, ctx, exc, observed, slot, lease=lease)
+        return _retryable(runtime, ctx, exc, observed, slot, lease=lease)
     except PermanentError as exc:
         error = {
             "message": str(exc),
@@ -352,7 +360,7 @@ def _call(rt: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer |
             "request_id": exc.request_id,
         }
         finish(
-            rt,
+            runtime,
             ctx,
             Outcome(
                 "failed",
@@ -367,7 +375,7 @@ def _call(rt: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer |
         )
         return None
     finish(
-        rt,
+        runtime,
         ctx,
         Outcome(
             "succeeded",
@@ -383,7 +391,7 @@ def _call(rt: Runtime, ctx: JobContext, slot: Acquired, lease: Lease) -> Defer |
 
 
 def _record_attempt(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     observed: CallObservation,
     *,
@@ -394,21 +402,21 @@ def _record_attempt(
 ) -> int:
     """One round trip: count the attempt (and failure), learn from headers, and release the
     lease of a delivery about to be re-published. Returns failures."""
-    job_key = rt.names.job(ctx.job_id)
-    pipe = rt.redis.pipeline(transaction=False)
+    job_key = runtime.names.job(ctx.job_id)
+    pipe = runtime.redis.pipeline(transaction=False)
     pipe.hincrby(job_key, "attempts", 1)
     pipe.hincrby(job_key, "failures", 1 if failure else 0)
     if clear_ambiguous:
         pipe.hdel(job_key, AMBIGUOUS_FIELD)  # Fin answered "not accepted": nothing ambiguous yet
-    rt.limiter.add_observe(pipe, observed.rate, slot)
+    runtime.limiter.add_observe(pipe, observed.rate, slot)
     if release is not None:
-        rt.sequencer.add_release(pipe, ctx.job_id, release)  # after everything else it records
-    results = redisproto.execute(rt.redis, pipe)
+        runtime.sequencer.add_release(pipe, ctx.job_id, release)  # after everything else it records
+    results = redisproto.execute(runtime.redis, pipe)
     return int(results[1])
 
 
 def _rate_limited(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     exc: RateLimitedError,
     observed: CallObservation,
@@ -416,12 +424,12 @@ def _rate_limited(
     *,
     lease: Lease,
 ) -> Defer:
-    delay_s = exc.delay_s if exc.delay_s is not None else rt.limiter.window_ms / 1000.0
-    rt.limiter.pause(int(delay_s * 1000) + 50)
+    delay_s = exc.delay_s if exc.delay_s is not None else runtime.limiter.window_ms / 1000.0
+    runtime.limiter.pause(int(delay_s * 1000) + 50)
     metrics.rate_limited()
     metrics.retry("rate_limited")
     _record_attempt(
-        rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
+        runtime, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
     )
     log.info(
         "job=%s conv=%s op=%s 429 from Fin: fleet paused %.2f s (request_id=%s)",
@@ -431,11 +439,11 @@ def _rate_limited(
         delay_s,
         exc.request_id,
     )
-    return Defer(_countdown(rt, delay_s + 0.05), "rate_limited")
+    return Defer(_countdown(runtime, delay_s + 0.05), "rate_limited")
 
 
 def _auth_failed(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     exc: AuthError,
     observed: CallObservation,
@@ -443,12 +451,12 @@ def _auth_failed(
     *,
     lease: Lease,
 ) -> Defer:
-    fresh = rt.limiter.auth_failed()
+    fresh = runtime.limiter.auth_failed()
     _record_attempt(
-        rt, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
+        runtime, ctx, observed, failure=False, clear_ambiguous=was_ambiguous is None, release=lease
     )
     if fresh:
-        rt.redis.hincrby(rt.names.worker_metrics, "auth_pauses", 1)
+        runtime.redis.hincrby(runtime.names.worker_metrics, "auth_pauses", 1)
         message = (
             "Fin answered 401: the API token is wrong or was regenerated. Every call "
             "is paused fleet-wide and every job kept; set a valid FIN_API_TOKEN."
@@ -457,11 +465,11 @@ def _auth_failed(
         _sentry_message(message)
     else:
         log.warning("job=%s auth probe failed (401): fleet stays paused", ctx.job_id)
-    return Defer(_countdown(rt, rt.settings.fin_relay_auth_probe_interval_s), "auth")
+    return Defer(_countdown(runtime, runtime.settings.fin_relay_auth_probe_interval_s), "auth")
 
 
 def _retryable(
-    rt: Runtime,
+    runtime: Runtime,
     ctx: JobContext,
     exc: RetryableError,
     observed: CallObservation,
@@ -479,12 +487,12 @@ def _retryable(
         hint_s=exc.delay_s,
         ambiguous_since_ms=int(ambiguous) if ambiguous else _now_ms() - int(observed.latency_ms),
         now_ms=_now_ms(),
-        settings=rt.settings,
-        rng=rt.rng,
+        settings=runtime.settings,
+        rng=runtime.rng,
     )
     release = None if plan.give_up else lease
     _record_attempt(
-        rt, ctx, observed, failure=True, clear_ambiguous=False, slot=slot, release=release
+        runtime, ctx, observed, failure=True, clear_ambiguous=False, slot=slot, release=release
     )
     if plan.give_up:
         error = {
@@ -495,7 +503,7 @@ def _retryable(
             "failures": failures,
         }
         finish(
-            rt,
+            runtime,
             ctx,
             Outcome(
                 "failed",
@@ -518,7 +526,7 @@ def _retryable(
         plan.delay_s,
         exc,
     )
-    return Defer(_countdown(rt, plan.delay_s), "retry")
+    return Defer(_countdown(runtime, plan.delay_s), "retry")
 
 
 def _sentry_message(message: str) -> None:

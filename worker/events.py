@@ -50,13 +50,15 @@ KNOWN_STATUSES: frozenset[str] = frozenset(get_args(FinStatus))
 _MAX_LOGGED = 128  # characters of an event name or field path in a log line
 
 
-def _invalid(rt: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, detail: str) -> None:
+def _invalid(
+    runtime: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, detail: str
+) -> None:
     event = kwargs.get("event")
     cid = event.get("conversation_id") if isinstance(event, dict) else None
-    pipe = rt.redis.pipeline(transaction=True)
+    pipe = runtime.redis.pipeline(transaction=True)
     dead_letter(
         pipe,
-        rt.names,
+        runtime.names,
         dead_id=event_id,
         envelope_id=f"{event_id}.dead",
         kind=DEAD_EVENT,
@@ -66,7 +68,7 @@ def _invalid(rt: Runtime, kwargs: dict[str, Any], event_id: str, reason: str, de
         reason=reason,
         conversation_id=cid if isinstance(cid, str) else None,
         data={"error": detail, "received_at_ms": kwargs.get("received_at_ms")},
-        maxlen=rt.settings.fin_relay_stream_maxlen,
+        maxlen=runtime.settings.fin_relay_stream_maxlen,
     )
     pipe.execute()
     metrics.event_dead(reason)
@@ -97,14 +99,16 @@ def _unexpected_fields(exc: ValueError) -> str:
     return ", ".join(dict.fromkeys(parts))
 
 
-def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
+def run_event(runtime: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
     """Process one ``fin.event`` delivery (idempotent: same envelope id on redelivery)."""
     raw, event_id = kwargs.get("event"), kwargs.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         event_id = task_id
     problem = not_an_event(raw)
     if problem is not None or not isinstance(raw, dict):
-        _invalid(rt, kwargs, event_id, "invalid_event", problem or "event is not a JSON object")
+        _invalid(
+            runtime, kwargs, event_id, "invalid_event", problem or "event is not a JSON object"
+        )
         return
     name: str = raw["event_name"]
     conversation_id: str = raw["conversation_id"]
@@ -116,9 +120,9 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
         event, unexpected = None, _unexpected_fields(exc)
         if name not in KNOWN_EVENTS:
             unexpected = f"event_name (unknown event), {unexpected}"
-    marker = rt.names.job(f"event:{event_id}")
+    marker = runtime.names.job(f"event:{event_id}")
     # both round trips shared with the other threads' (worker.batching), as a call's are
-    (exists,) = rt.batch.execute([(("EXISTS", marker), {})])
+    (exists,) = runtime.coalescer.execute([(("EXISTS", marker), {})])
     if exists:  # a redelivery after it was published: publish once
         log.info("event=%s duplicate delivery: already published", event_id)
         return
@@ -140,14 +144,20 @@ def run_event(rt: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
         )
     now_ms = int(time.time() * 1000)
     envelope = Envelope.now(id=event_id, type=name, conversation_id=conversation_id, data=raw)
-    pipe = rt.redis.pipeline(transaction=True)
+    pipe = runtime.redis.pipeline(transaction=True)
     if status is not None and isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
-        rt.sequencer.add_event_state(pipe, conversation_id, status, event.created_at_ms, now_ms)
+        runtime.sequencer.add_event_state(
+            pipe, conversation_id, status, event.created_at_ms, now_ms
+        )
     add_publish(
-        pipe, rt.names, rt.names.events, envelope, maxlen=rt.settings.fin_relay_stream_maxlen
+        pipe,
+        runtime.names,
+        runtime.names.events,
+        envelope,
+        maxlen=runtime.settings.fin_relay_stream_maxlen,
     )
     pipe.set(marker, now_ms, ex=STATE_TTL_S)
-    rt.batch.execute_pipeline(pipe)  # MULTI/EXEC: the state, the envelope and the marker
+    runtime.coalescer.execute_pipeline(pipe)  # MULTI/EXEC: the state, the envelope and the marker
     received = kwargs.get("received_at_ms")
     lag = now_ms - received if isinstance(received, int) else -1
     metrics.event_published(lag)

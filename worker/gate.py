@@ -82,10 +82,10 @@ class Gate:
         names: Names,
         sequencer: Sequencer,
         limiter: RateLimiter,
-        batch: Coalescer,
+        coalescer: Coalescer,
     ) -> None:
         self._names = names
-        self._batch = batch
+        self._coalescer = coalescer
         self._sequencer = sequencer
         self._limiter = limiter
 
@@ -94,11 +94,11 @@ class Gate:
         job_id: str,
         conversation_id: str | None,
         *,
-        stamp_ts: str | None,
+        message_time: str | None,
         sequence: int | None,
         wait_turn: bool,
         hold_max_ms: int,
-        stamp_field: str,
+        grant_time_field: str,
         lease: Lease,
         lease_ms: int,
         inline_max_ms: int,
@@ -111,7 +111,7 @@ class Gate:
         seq_keys, seq_args = self._sequencer.check_call(
             job_id,
             conversation_id,
-            stamp_ts=stamp_ts,
+            message_time=message_time,
             sequence=sequence,
             wait_turn=wait_turn,
             hold_max_ms=hold_max_ms,
@@ -119,12 +119,12 @@ class Gate:
             lease_ms=lease_ms,
             terminal=terminal,
         )
-        rl_keys, rl_args = self._limiter.acquire_call(self._names.job(job_id), stamp_field)
+        rl_keys, rl_args = self._limiter.acquire_call(self._names.job(job_id), grant_time_field)
         keys = [*seq_keys, *rl_keys]
         args = [len(seq_args), inline_max_ms, *seq_args, *rl_args]
         # shares a round trip with the other threads' gate calls and outcomes
         raw: list[Any]
-        (raw,) = self._batch.execute([(GATE.command(keys, args), {})])
+        (raw,) = self._coalescer.execute([(GATE.command(keys, args), {})])
         acquired = None
         if MARK in raw[CHECK_FIELDS_AT:]:
             at = len(raw) - 1 - raw[::-1].index(MARK)

@@ -300,11 +300,11 @@ def _result(verdict: Verdict) -> Envelope:
     )
 
 
-def dead_letter_message(rt: Runtime, verdict: Verdict) -> Envelope:
+def dead_letter_message(runtime: Runtime, verdict: Verdict) -> Envelope:
     """Write the dead letter (and, for a call task name, the ``call.failed`` and the sequence
     number's release) in one transaction; return the dead letter's envelope."""
-    names, maxlen = rt.names, rt.settings.fin_relay_stream_maxlen
-    pipe = rt.redis.pipeline(transaction=True)
+    names, maxlen = runtime.names, runtime.settings.fin_relay_stream_maxlen
+    pipe = runtime.redis.pipeline(transaction=True)
     data: dict[str, Any] = {"error": verdict.error, "queue": verdict.queue}
     if verdict.task in _CALL_TASK_NAMES:
         result = _result(verdict)
@@ -313,7 +313,7 @@ def dead_letter_message(rt: Runtime, verdict: Verdict) -> Envelope:
         seq = verdict.take_seq or _relay(verdict.kwargs).get("sequence")
         cid = verdict.conversation_id
         if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 and cid is not None:
-            rt.sequencer.add_done(pipe, verdict.task_id, cid, seq)
+            runtime.sequencer.add_done(pipe, verdict.task_id, cid, seq)
     envelope = dead_letter(
         pipe,
         names,
@@ -331,7 +331,7 @@ def dead_letter_message(rt: Runtime, verdict: Verdict) -> Envelope:
         args=verdict.args,
         raw=verdict.raw,
     )
-    redisproto.execute(rt.redis, pipe)
+    redisproto.execute(runtime.redis, pipe)
     DEAD_LETTERS.labels("event" if verdict.kind == DEAD_EVENT else "job", verdict.reason).inc()
     return envelope
 
@@ -360,13 +360,13 @@ def broker_item_verdict(queue: str, item: str | bytes) -> Verdict:
     )
 
 
-def dead_letter_broker_item(queue: str, item: str | bytes, rt: Runtime | None = None) -> bool:
+def dead_letter_broker_item(queue: str, item: str | bytes, runtime: Runtime | None = None) -> bool:
     """Dead-letter a queue item the broker transport cannot decode (see
     :func:`broker_item_verdict`); ``False`` when the dead letter could not be written (the
     item is then lost: it was already taken from the queue). Logs no content."""
     verdict = broker_item_verdict(queue, item)
     try:
-        dead_letter_message(rt if rt is not None else get_runtime(), verdict)
+        dead_letter_message(runtime if runtime is not None else get_runtime(), verdict)
     except (redis.RedisError, OSError) as exc:
         log.error(
             "a queue item on %s is not a broker message and its dead letter could not be "

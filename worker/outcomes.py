@@ -101,17 +101,17 @@ def _result_data(ctx: JobContext, outcome: Outcome) -> dict[str, Any]:
     return data
 
 
-def _queue_conversation(rt: Runtime, pipe: Any, ctx: JobContext, outcome: Outcome) -> None:
+def _queue_conversation(runtime: Runtime, pipe: Any, ctx: JobContext, outcome: Outcome) -> None:
     cid = ctx.conversation_id
     if cid is None:
         return
     if ctx.seq:
-        rt.sequencer.add_done(pipe, ctx.job_id, cid, ctx.seq)
+        runtime.sequencer.add_done(pipe, ctx.job_id, cid, ctx.seq)
     if outcome.kind == "succeeded" and ctx.operation in TURN_OPERATIONS and outcome.response:
         status = outcome.response.get("status")
         if isinstance(status, str):
             created = outcome.response.get("created_at_ms")
-            rt.sequencer.add_call_state(
+            runtime.sequencer.add_call_state(
                 pipe, cid, status, created if isinstance(created, str) else None, _now_ms()
             )
 
@@ -120,11 +120,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
+def finish(runtime: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
     """Record, publish and (for failures) dead-letter ``outcome`` in one transaction."""
     metrics.outcome(ctx.operation, outcome.kind, outcome.reason, outcome.latency_ms)
     metrics.quota(outcome.rate)
-    names, maxlen = rt.names, rt.settings.fin_relay_stream_maxlen
+    names, maxlen = runtime.names, runtime.settings.fin_relay_stream_maxlen
     envelope = Envelope.now(
         id=f"{ctx.job_id}.{outcome.kind}.{ctx.run}",
         type=_TYPES[outcome.kind],
@@ -134,7 +134,7 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
     job_key = names.job(ctx.job_id)
     # One MULTI/EXEC: the outcome (the marker a redelivery checks) and the published envelope
     # commit together, also across a Redis crash (AOF writes a transaction whole).
-    pipe = rt.redis.pipeline(transaction=True)
+    pipe = runtime.redis.pipeline(transaction=True)
     add_publish(pipe, names, names.results, envelope, maxlen=maxlen)
     if outcome.kind == "failed":
         dead_letter(
@@ -156,17 +156,17 @@ def finish(rt: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
         pipe.xdel(names.dead, ctx.job_hash["dead_entry"])
         pipe.delete(names.dead_payload(ctx.job_id))
         pipe.hdel(job_key, "dead_entry")
-    _queue_conversation(rt, pipe, ctx, outcome)
-    rt.limiter.add_observe(pipe, outcome.rate, outcome.slot)
+    _queue_conversation(runtime, pipe, ctx, outcome)
+    runtime.limiter.add_observe(pipe, outcome.rate, outcome.slot)
     if outcome.slot is not None and outcome.slot.probe and outcome.kind == "succeeded":
-        rt.limiter.add_auth_ok(pipe)
+        runtime.limiter.add_auth_ok(pipe)
     # Last (and in the same transaction): a recorded outcome means everything above ran (a
     # redelivered job with an outcome is acknowledged without a second call).
     pipe.hset(
         job_key,
         mapping={"outcome": outcome.kind, "finished_ms": _now_ms(), "attempts": ctx.attempts},
     )
-    rt.batch.execute_pipeline(pipe)  # one round trip, shared with other threads
+    runtime.coalescer.execute_pipeline(pipe)  # one round trip, shared with other threads
     log_outcome(ctx, outcome)
     return envelope
 

@@ -85,14 +85,16 @@ class RateLimiter:
     def _keys(self, job_key: str = "") -> list[str]:
         return [self._names.ratelimit_pause, self._names.auth_pause, job_key]
 
-    def acquire_call(self, job_key: str = "", stamp_field: str = "") -> tuple[list[str], list[Any]]:
+    def acquire_call(
+        self, job_key: str = "", grant_time_field: str = ""
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of "acquire" (for this script or the composed gate)."""
         args = self._args(
             "acquire",
             self.budget,
             self.token_fp,
             self.probe_interval_ms,
-            stamp_field,
+            grant_time_field,
             self.guard_ms,
             self.settle_ms,
         )
@@ -103,13 +105,13 @@ class RateLimiter:
         extra = [int(v) for v in raw[2:5]] + [0, 0, 0]
         return Acquired(int(raw[0]), text(raw[1]), extra[0], extra[1], extra[2])
 
-    def acquire(self, job_key: str = "", stamp_field: str = "") -> Acquired:
+    def acquire(self, job_key: str = "", grant_time_field: str = "") -> Acquired:
         """Take one call slot in the current window, or say how long to wait (ms).
 
-        On "go", ``stamp_field`` of the hash ``job_key`` is set to now (HSETNX) in the same
+        On "go", ``grant_time_field`` of the hash ``job_key`` is set to now (HSETNX) in the same
         atomic step: the worker records when it first sent a request whose fate may be unknown.
         """
-        keys, args = self.acquire_call(job_key, stamp_field)
+        keys, args = self.acquire_call(job_key, grant_time_field)
         return self.parse_acquired(RATE_LIMIT(self._client, keys, args))
 
     def add_observe(self, pipe: Any, rate: RateLimitInfo, slot: Acquired | None) -> bool:

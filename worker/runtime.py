@@ -34,7 +34,7 @@ class Runtime:
     sequencer: Sequencer
     clients: ThreadLocalClients
     gate: Gate
-    batch: Coalescer
+    coalescer: Coalescer
     rng: random.Random = field(default_factory=random.Random)
 
     @property
@@ -68,8 +68,8 @@ class Runtime:
             read_timeout_s=settings.fin_relay_read_timeout_s,
         )
         sequencer = Sequencer(client, names)
-        batch = Coalescer(client)
-        gate = Gate(client, names, sequencer, limiter, batch)
+        coalescer = Coalescer(client)
+        gate = Gate(client, names, sequencer, limiter, coalescer)
         # If Redis does not answer yet, the scripts load on first use (NOSCRIPT).
         with contextlib.suppress(redis.RedisError):
             redisproto.load_all(client)
@@ -81,7 +81,7 @@ class Runtime:
             sequencer=sequencer,
             clients=clients,
             gate=gate,
-            batch=batch,
+            coalescer=coalescer,
         )
 
     def close(self) -> None:

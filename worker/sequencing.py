@@ -62,7 +62,7 @@ class Check:
     seq: int
     next_seq: int
     waited_ms: int
-    job: dict[str, str]
+    job_fields: dict[str, str]
     leased: bool = False
 
     @property
@@ -74,7 +74,7 @@ class Check:
         return self.decision.startswith("forced")
 
 
-def fin_time_ms(value: str | None) -> str:
+def fin_time_ms_arg(value: str | None) -> str:
     """Fin's ISO time as epoch ms for the Lua scripts ("" when absent or unparseable)."""
     if not value:
         return ""
@@ -108,7 +108,7 @@ class Sequencer:
         job_id: str,
         conversation_id: str | None,
         *,
-        stamp_ts: str | None,
+        message_time: str | None,
         sequence: int | None,
         wait_turn: bool,
         hold_max_ms: int,
@@ -125,7 +125,7 @@ class Sequencer:
         args: list[Any] = [
             "check",
             self._ttl_s,
-            stamp_ts or "",
+            message_time or "",
             "" if sequence is None else sequence,
             "1" if wait_turn else "0",
             hold_max_ms,
@@ -147,7 +147,7 @@ class Sequencer:
             seq=int(raw[2]),
             next_seq=int(raw[3]),
             waited_ms=int(raw[4]),
-            job=dict(zip(fields[::2], fields[1::2], strict=True)),
+            job_fields=dict(zip(fields[::2], fields[1::2], strict=True)),
             leased=int(raw[CHECK_LEASED_AT]) == 1,
         )
 
@@ -156,7 +156,7 @@ class Sequencer:
         job_id: str,
         conversation_id: str | None,
         *,
-        stamp_ts: str | None,
+        message_time: str | None,
         sequence: int | None,
         wait_turn: bool,
         hold_max_ms: int,
@@ -170,7 +170,7 @@ class Sequencer:
         keys, args = self.check_call(
             job_id,
             conversation_id,
-            stamp_ts=stamp_ts,
+            message_time=message_time,
             sequence=sequence,
             wait_turn=wait_turn,
             hold_max_ms=hold_max_ms,
@@ -229,5 +229,5 @@ class Sequencer:
         CONVERSATION_STATE.queue(
             pipe,
             [self._names.conversation_state(conversation_id)],
-            [mode, fin_time_ms(created_at), self._ttl_s, *flat],
+            [mode, fin_time_ms_arg(created_at), self._ttl_s, *flat],
         )

@@ -1,7 +1,7 @@
 """kombu's Redis transport with the fixes that fin-relay's delivery guarantees need.
 
 Used for every broker connection of fin-relay's Celery app whose URL selects kombu's stock
-Redis transport (``redis://``, ``rediss://``, ``redis+socket://``): :class:`AMQP` gives the app
+Redis transport (``redis://``, ``rediss://``, ``redis+socket://``): :class:`TransportSelector` (Celery's ``amqp`` helper slot) gives the app
 a :class:`Connection` whose :meth:`~Connection.get_transport_cls` swaps that one class for
 :class:`Transport`. URL parsing, ``rediss://`` TLS defaults and the URL Celery logs stay
 kombu's own (``broker_transport`` would lose both). Sentinel and RabbitMQ are left alone.
@@ -887,7 +887,7 @@ class Connection(KombuConnection):  # type: ignore[misc]
         return cls
 
 
-class AMQP(CeleryAMQP):  # type: ignore[misc]
+class TransportSelector(CeleryAMQP):  # type: ignore[misc]
     """Celery's AMQP helper with :class:`Connection` (``Celery(amqp=...)``)."""
 
     Connection = Connection

@@ -262,7 +262,7 @@ def test_unknown_status_is_published_whole_not_dead_lettered_state_and_turn_unch
         return sequencer.check(
             f"reply-of-{conversation_id}",
             conversation_id,
-            stamp_ts=None,
+            message_time=None,
             sequence=None,
             wait_turn=True,
             hold_max_ms=60_000,

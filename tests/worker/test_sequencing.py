@@ -42,7 +42,7 @@ def check(
     return seqr.check(
         job,
         conv,
-        stamp_ts=ts,
+        message_time=ts,
         sequence=sequence,
         wait_turn=wait_turn,
         hold_max_ms=hold_max_ms,
@@ -346,11 +346,11 @@ def gate_check(g: Gate, job: str, lease: Lease, *, terminal: bool = False, conv:
     return g.check_and_acquire(
         job,
         conv,
-        stamp_ts=None,
+        message_time=None,
         sequence=None,
         wait_turn=False,
         hold_max_ms=60_000,
-        stamp_field="ambiguous_since_ms",
+        grant_time_field="ambiguous_since_ms",
         lease=lease,
         lease_ms=LEASE_MS,
         inline_max_ms=1000,
