@@ -7,8 +7,8 @@
   message's format string (``job=`` -> ``job_id``, ``conv=`` -> ``conversation_id``,
   ``event=`` -> ``event_id``; ``"-"`` -> ``null``), see :func:`format_fields`.
 * :func:`init_sentry`: enabled only when ``SENTRY_DSN`` is set; tracing sampled at
-  ``FIN_RELAY_TRACES_SAMPLE_RATE`` (default 0: measured Celery tracing at up to
-  0.85 ms per task). A ``before_send`` scrubber removes the bearer token, webhook secrets,
+  ``FIN_RELAY_TRACES_SAMPLE_RATE`` (default 0: Celery tracing costs CPU per task, see
+  docs/worker.md, "Design measurements"). A ``before_send`` scrubber removes the bearer token, webhook secrets,
   signature headers, message bodies and task arguments (customer data) from every event,
   transaction and log (``before_send_log``), including log messages' parameters and the
   breadcrumbs of earlier log lines. Trace headers (``sentry-trace``, ``baggage``) are sent to no

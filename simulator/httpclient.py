@@ -1,8 +1,8 @@
 """A minimal HTTP/1.1 keep-alive POST client on asyncio + httptools, for webhook delivery.
 
-Why not httpx for every POST: a measurement found about 455 µs of client CPU per httpx
-request and an O(N²) pool scan with many connections; at thousands of webhooks per second that
-would make the simulator the bottleneck. This client costs a few tens of µs per request. It
+Why not httpx for every POST: its client CPU per request and its pool scan with many
+connections would make the simulator the bottleneck at thousands of webhooks per second
+(figures in docs/simulator.md). This client costs far less per request. It
 supports ``http://`` only; the dispatcher uses one shared ``httpx.AsyncClient`` for ``https://``
 callback URLs and for the ``HEAD`` probe.
 """

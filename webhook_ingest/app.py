@@ -1,7 +1,7 @@
 """The webhook ingest: a raw ASGI app (no framework).
 
-The framework tax measured on this exact endpoint: Starlette 0.78x and FastAPI
-0.55x of raw ASGI, so the few routes are dispatched by hand. A webhook goes through a chain of
+A framework's tax on this endpoint is measurable (docs/ingest.md), so the few routes are
+dispatched by hand. A webhook goes through a chain of
 small named steps, each of which either passes or raises :class:`Rejected`:
 
 ``check_headers`` (413 by Content-Length, 415) → ``read_rest`` (413 while streaming; 408 when

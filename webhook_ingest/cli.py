@@ -2,8 +2,8 @@
 
 Settings are loaded *before* uvicorn starts, so a missing ``FIN_WEBHOOK_SECRETS`` or
 ``REDIS_URL`` exits with status 2 and one line naming the variable. uvicorn runs with uvloop and
-httptools (measured: the pure-Python asyncio + h11 stack is 4x slower) and without its own access log:
-the app writes one structured line per webhook instead.
+httptools (the pure-Python asyncio + h11 stack is much slower: docs/ingest.md) and without its
+own access log: the app writes one structured line per webhook instead.
 
 Slow clients. uvicorn 0.54's httptools protocol bounds neither a connection that never sends
 anything nor one that trickles its request headers (its keep-alive timer is cancelled by every

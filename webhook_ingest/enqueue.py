@@ -6,7 +6,7 @@ Two implementations of one small interface (:class:`Enqueuer`):
   message happen in one Lua script (``ingest_enqueue.lua``), so a crash cannot separate them. Requests
   that arrive while a round trip is in flight are *coalesced* into the next script call; each
   still awaits its own flag before its response is sent, so nothing is acknowledged before it is
-  in Redis (measured: 0.69x of the server ceiling coalesced, 0.25x one write per request).
+  in Redis (coalescing against one write per request: docs/ingest.md).
 * :class:`KombuEnqueuer` (any other broker, e.g. RabbitMQ): claim the mark in Redis, publish with
   kombu in a worker thread, then confirm the mark; see its docstring for the ordering.
 

@@ -3,8 +3,8 @@
 It does **not** retry: the one retry layer is the task (``worker/calls.py``). Connection reuse:
 one small ``httpx.Client`` per worker thread (:class:`ThreadLocalClients`) — one shared client
 with many pooled connections collapses under load (httpcore scans its whole pool on every
-request and release: measured at 2–21% of theory under threads), while a per-thread pool of one or two connections keeps
-that scan O(1) and still reuses keep-alive connections.
+request and release; figures in docs/worker.md, "Design measurements"), while a per-thread
+pool of one or two connections keeps that scan O(1) and still reuses keep-alive connections.
 """
 
 from __future__ import annotations
@@ -257,8 +257,8 @@ class ThreadLocalClients:
     def _ssl_context(self) -> ssl.SSLContext:
         """One TLS context for every thread's client (thread-safe once built), as httpx builds
         it by default: each ``httpx.Client`` would otherwise parse the whole CA bundle again,
-        20-60 ms of CPU holding the GIL and ~1 MiB per pool thread, while the worker starts
-        threads under load."""
+        holding the GIL, while the worker starts threads under load (docs/worker.md, "Design
+        measurements")."""
         if self._ssl is None:
             with self._lock:
                 if self._ssl is None:

@@ -1,7 +1,7 @@
 """The Celery task message, built and read in one place (the wire contract).
 
 The ingest (inside an event loop) and the producer's async API must not call Celery's
-blocking ``send_task`` (measured: p99 0.5 s inside an ASGI endpoint). With a Redis broker a
+blocking ``send_task`` (its tail latency inside an ASGI endpoint: docs/producer.md). With a Redis broker a
 Celery message is one JSON document LPUSHed onto the list named after the queue; this module
 builds exactly what kombu's Redis transport would put there (Celery message protocol v2), so
 the same Lua script can de-duplicate *and* enqueue in one atomic step.
