@@ -81,37 +81,39 @@ def assert_fin_saw_in_order(sim: Any, conv: str, bodies: list[str]) -> list[dict
     return calls
 
 
-def test_plain_send_task_start_and_replies_reach_fin_in_order(
-    redis_client: redis.Redis,
-    fin_with_ingest: Any,
-    celery_worker_proc: Callable,
-    plain_client: Celery,
-) -> None:
-    sim = fin_with_ingest
+@pytest.fixture
+def two_workers(fin_with_ingest: Any, celery_worker_proc: Callable) -> Any:
+    """Two worker processes of concurrency 4 calling that Fin; -> the simulator."""
     for _ in range(2):
-        celery_worker_proc(base_url=sim.base_url, concurrency=4)
+        celery_worker_proc(base_url=fin_with_ingest.base_url, concurrency=4)
+    return fin_with_ingest
+
+
+def assert_succeeded_in_order(redis_client: redis.Redis, jobs: list[str]) -> None:
+    """Every job succeeded, numbered 1..n in the order they were sent."""
+    envs = [wait_for_result(redis_client, j, timeout_s=60) for j in jobs]
+    assert [e.type for e in envs] == ["call.succeeded"] * len(jobs), [e.data for e in envs]
+    assert [e.data["seq"] for e in envs] == list(range(1, len(jobs) + 1))
+
+
+def test_plain_send_task_start_and_replies_reach_fin_in_order(
+    redis_client: redis.Redis, two_workers: Any, plain_client: Celery
+) -> None:
+    sim = two_workers
     conv = f"c-plain-{uuid.uuid4().hex[:6]}"
     bodies = [f"m{i}" for i in range(5)]
     jobs = [plain_send(plain_client, "fin.start", start_kwargs(conv, bodies[0]))]
     for body in bodies[1:]:
         time.sleep(0.001)  # the scenario: sends 1 ms apart
         jobs.append(plain_send(plain_client, "fin.reply", reply_kwargs(conv, body)))
-    envs = [wait_for_result(redis_client, j, timeout_s=60) for j in jobs]
-    assert [e.type for e in envs] == ["call.succeeded"] * 5, [e.data for e in envs]
-    assert [e.data["seq"] for e in envs] == [1, 2, 3, 4, 5]
+    assert_succeeded_in_order(redis_client, jobs)
     assert_fin_saw_in_order(sim, conv, bodies)
 
 
 def test_producer_and_plain_clients_mixed_follow_broker_order(
-    redis_url: str,
-    redis_client: redis.Redis,
-    fin_with_ingest: Any,
-    celery_worker_proc: Callable,
-    plain_client: Celery,
+    redis_url: str, redis_client: redis.Redis, two_workers: Any, plain_client: Celery
 ) -> None:
-    sim = fin_with_ingest
-    for _ in range(2):
-        celery_worker_proc(base_url=sim.base_url, concurrency=4)
+    sim = two_workers
     conv = f"c-mixed-{uuid.uuid4().hex[:6]}"
     bodies = [f"m{i}" for i in range(6)]
     settings = ProducerSettings(redis_url=redis_url)
@@ -124,9 +126,7 @@ def test_producer_and_plain_clients_mixed_follow_broker_order(
                 jobs.append(enqueue_job(redis_client, "fin.reply", reply_kwargs(conv, body)))
             else:
                 jobs.append(producer.reply(**reply_kwargs(conv, body)).id)
-    envs = [wait_for_result(redis_client, j, timeout_s=60) for j in jobs]
-    assert [e.type for e in envs] == ["call.succeeded"] * 6, [e.data for e in envs]
-    assert [e.data["seq"] for e in envs] == [1, 2, 3, 4, 5, 6]
+    assert_succeeded_in_order(redis_client, jobs)
     assert_fin_saw_in_order(sim, conv, bodies)
 
 
