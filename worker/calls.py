@@ -104,13 +104,25 @@ def run_call(
     *,
     lease: Lease | None = None,
     take_seq: int | None = None,
+    delivery_tag: str = "",
 ) -> Defer | None:
     """Run one delivery of a call job; ``None`` when the job reached a terminal outcome (or
     another delivery already recorded one). ``lease``: this delivery's (a new one if None).
     ``take_seq``: the conversation sequence number the broker's take gave the job (the
-    ``fin_relay_seq`` header); it wins over the job's ``relay.sequence``."""
+    ``fin_relay_seq`` header); it wins over the job's ``relay.sequence``. ``delivery_tag``:
+    the broker's tag of this delivery, acknowledged with the outcome where the broker allows
+    (``transport.ack_commands``)."""
     lease = lease if lease is not None else new_lease(runtime.names, None)
-    result = _run_call(runtime, task, job_id, kwargs, defers, lease=lease, take_seq=take_seq)
+    result = _run_call(
+        runtime,
+        task,
+        job_id,
+        kwargs,
+        defers,
+        lease=lease,
+        take_seq=take_seq,
+        delivery_tag=delivery_tag,
+    )
     if result is not None and lease.held:
         # Re-published without an outcome and not released yet (the paths after a call
         # release it in their own round trip): the re-publication must be able to take it.
@@ -177,6 +189,7 @@ def _run_call(
     *,
     lease: Lease,
     take_seq: int | None,
+    delivery_tag: str = "",
 ) -> Defer | None:
     operation = TASK_OPERATIONS.get(task, task)
     ctx = JobContext(
@@ -187,6 +200,7 @@ def _run_call(
         job=None,
         body={k: v for k, v in kwargs.items() if k != "relay"},
         started_ms=_now_ms(),
+        delivery_tag=delivery_tag,
     )
     try:
         ctx.job = validate_task(task, kwargs, runtime.versions)

@@ -40,7 +40,7 @@ from fin_relay.contract.fin_api import (
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
 from fin_relay.contract.names import TASK_EVENT
 from fin_relay.contract.publish import add_publish
-from fin_relay.worker import metrics
+from fin_relay.worker import metrics, transport
 from fin_relay.worker.runtime import Runtime
 
 log = logging.getLogger("fin_relay.worker.events")
@@ -99,8 +99,12 @@ def _unexpected_fields(exc: ValueError) -> str:
     return ", ".join(dict.fromkeys(parts))
 
 
-def run_event(runtime: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
-    """Process one ``fin.event`` delivery (idempotent: same envelope id on redelivery)."""
+def run_event(
+    runtime: Runtime, kwargs: dict[str, Any], task_id: str, delivery_tag: str = ""
+) -> None:
+    """Process one ``fin.event`` delivery (idempotent: same envelope id on redelivery).
+    ``delivery_tag``: the broker's tag of this delivery, acknowledged in the publishing
+    transaction where the broker allows (``transport.ack_commands``)."""
     raw, event_id = kwargs.get("event"), kwargs.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         event_id = task_id
@@ -157,7 +161,12 @@ def run_event(runtime: Runtime, kwargs: dict[str, Any], task_id: str) -> None:
         maxlen=runtime.settings.fin_relay_stream_maxlen,
     )
     pipe.set(marker, now_ms, ex=STATE_TTL_S)
+    acks = transport.ack_commands(delivery_tag, runtime.redis)  # the broker's ack too
+    for command in acks or ():
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
     runtime.coalescer.execute_pipeline(pipe)  # MULTI/EXEC: the state, the envelope and the marker
+    if acks:
+        transport.acked_with_outcome(delivery_tag)
     received = kwargs.get("received_at_ms")
     lag = now_ms - received if isinstance(received, int) else -1
     metrics.event_published(lag)

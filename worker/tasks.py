@@ -85,6 +85,13 @@ def _take_seq(request: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def _delivery_tag(request: Any) -> str:
+    """The broker's delivery tag of this delivery (Redis broker), or ""."""
+    properties = request.get("properties")
+    tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
+    return tag if isinstance(tag, str) else ""
+
+
 def call_task(task: Task, **kwargs: Any) -> None:
     """Body of every ``fin.*`` call task: one attempt; a deferral becomes ``task.retry``.
 
@@ -105,6 +112,7 @@ def call_task(task: Task, **kwargs: Any) -> None:
             request.retries or 0,
             lease=lease,
             take_seq=_take_seq(request),
+            delivery_tag=_delivery_tag(request),
         )
     except redis.RedisError as exc:
         _redis_down(task, exc, lease)  # keeps the job: waits for Redis, then re-publishes
@@ -121,7 +129,7 @@ def event_task(task: Task, **kwargs: Any) -> None:
     """Body of ``fin.event``."""
     request = task.request
     try:
-        run_event(get_runtime(), kwargs, request.id)
+        run_event(get_runtime(), kwargs, request.id, _delivery_tag(request))
     except redis.RedisError as exc:
         _redis_down(task, exc)
 

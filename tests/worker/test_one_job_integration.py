@@ -5,6 +5,7 @@ Redis, the simulator over HTTP."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -132,3 +133,59 @@ def test_duplicates_of_an_invalid_and_an_expired_job_fail_once_each(
         dead = [e for e in results(redis_client, stream="dead") if e.data["task_id"] == job_id]
         assert len(dead) == 1 and dead[0].data["reason"] == reason
     assert sim.control.requests() == []
+
+
+@pytest.mark.parametrize("kind", ["call", "event"])
+def test_the_ack_is_written_in_the_outcome_transaction(
+    redis_url: str,
+    redis_client: redis.Redis,
+    fin_simulator: Callable,
+    celery_worker_proc: Callable,
+    kind: str,
+) -> None:
+    """With the broker on the worker's Redis (the default), the message's unacked records are
+    removed in the MULTI/EXEC that records the job's outcome (a call) or publishes the event,
+    and nowhere else: no second round trip for the ack, and no window in which the outcome is
+    recorded while the message could still be delivered again."""
+    sim = fin_simulator()
+    celery_worker_proc(base_url=sim.base_url)
+    commands: list[str] = []
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_url, decode_responses=True).monitor() as monitor:
+            for entry in monitor.listen():
+                commands.append(str(entry["command"]))
+                if "monitor-caught-up" in commands[-1]:
+                    return
+
+    threading.Thread(target=watch, daemon=True).start()
+
+    def seen(mark: str) -> bool:  # MONITOR shows every command: wait for one of ours
+        redis_client.echo(mark)
+        return any(mark in c for c in commands)
+
+    wait_until(lambda: seen("monitor-attached"), 10, "MONITOR attached")
+    if kind == "call":
+        enqueue_job(redis_client, "fin.start", start_kwargs("c-ack"), task_id="ack-1")
+        assert wait_for_result(redis_client, "ack-1").type == "call.succeeded"
+        marker = "HSET fin:job:ack-1 outcome"
+    else:
+        event = {"event_name": "fin_status_updated", "conversation_id": "c-ack", "status": "idle"}
+        enqueue_job(
+            redis_client,
+            "fin.event",
+            {"event": event, "event_id": "ev-ack-1", "received_at_ms": 1},
+        )
+        wait_until(lambda: results(redis_client, stream="events"), 10, "the event published")
+        marker = "SET fin:job:event:ev-ack-1 "
+    wait_until(lambda: redis_client.hlen("unacked") == 0, 10, "the message acknowledged")
+    wait_until(lambda: seen("monitor-caught-up"), 10, "MONITOR caught up")
+    outcome = next(i for i, c in enumerate(commands) if c.startswith(marker))
+    start = max(i for i in range(outcome) if commands[i] == "MULTI")
+    end = next(i for i in range(outcome, len(commands)) if commands[i] == "EXEC")
+    in_block = [c for c in commands[start:end] if c.startswith("HDEL unacked ")]
+    assert len(in_block) == 1, commands[start : end + 1]
+    tag = in_block[0].split()[-1]
+    assert f"ZREM unacked_index {tag}" in commands[start:end]
+    elsewhere = [c for c in commands[:start] + commands[end:] if tag in c and "unacked" in c]
+    assert [c for c in elsewhere if c.startswith(("HDEL", "ZREM"))] == [], elsewhere

@@ -18,6 +18,9 @@ stopped at the worst moments (a private AOF Redis, ``appendfsync always``, resta
   once, also when two reapers race or the reaper dies after claiming them; a live owner's and
   acked messages never; after a Redis restart longer than a lease nobody reaps before the live
   owners renewed; a graceful stop hands what is left over at once.
+* The ack sent with the outcome: the outcome's transaction removes the unacked records when
+  the broker is the same Redis, the ack after it writes nothing, a stop in between redelivers
+  nothing; another database or kombu's BRPOP path acks as before.
 * The wiring: fin-relay's Celery app uses the transport for Redis URLs only, keeping kombu's
   URL handling; a real worker consumes through it.
 """
@@ -79,6 +82,8 @@ def clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     transport._held.take_all()
     transport._orphans.take_all()
     monkeypatch.setattr(transport, "_ownership", transport.Ownership())  # off, no lease
+    monkeypatch.setattr(transport, "_ack_channel", None)
+    transport._acked_ahead.clear()
     yield
     transport._held.take_all()
     transport._orphans.take_all()
@@ -951,3 +956,110 @@ def test_kombu_is_the_version_the_transport_was_checked_against() -> None:
     """A kombu upgrade must re-check ``fin_relay.worker.transport`` (and re-run
     ``tests/reliability/test_redis_restart.py``), then extend ``KOMBU_VERIFIED``."""
     assert transport.kombu_verified(), (kombu.VERSION, transport.KOMBU_VERIFIED)
+
+
+# --- the ack sent with the job's outcome --------------------------------------------------------
+
+
+def outcome_transaction(server: EmbeddedRedis, tag: str, db: int = 0) -> bool:
+    """What the worker's outcome step does: its own writes and the ack commands in one
+    MULTI/EXEC, then the note for the coming ack; -> whether the ack rode along."""
+    r = redis.Redis.from_url(server.url.rsplit("/", 1)[0] + f"/{db}")
+    acks = transport.ack_commands(tag, r)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.hset("fin:job:j1", "outcome", "succeeded")
+        for command in acks or ():
+            pipe.execute_command(*command)
+        pipe.execute()
+    if acks:
+        transport.acked_with_outcome(tag)
+    return acks is not None
+
+
+def test_an_ack_sent_with_the_outcome_leaves_the_ack_nothing_to_write(
+    aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        got, error = take_one(conn)
+        assert error is None and settled(aof_redis) == (0, 1, 1)
+        assert outcome_transaction(aof_redis, got[0].delivery_tag)
+        # the records went with the outcome, in its transaction
+        assert settled(aof_redis) == (0, 0, 0)
+        assert client(aof_redis).hget("fin:job:j1", "outcome") == "succeeded"
+        writes: list[str] = []
+        original = transport.QoS._remove_from_indices
+
+        def remove(self: Any, delivery_tag: str, pipe: Any = None) -> Any:
+            writes.append(delivery_tag)
+            return original(self, delivery_tag, pipe)
+
+        monkeypatch.setattr(transport.QoS, "_remove_from_indices", remove)
+        got[0].ack()
+        assert writes == []  # kombu's bookkeeping only: no second round trip
+        assert not conn.default_channel.qos._delivered or got[0].delivery_tag in (
+            conn.default_channel.qos._dirty
+        )
+        # a later ack of another message writes as before
+        publish(conn, {"n": 2})
+        got2, _ = take_one(conn)
+        got2[0].ack()
+        assert writes == [got2[0].delivery_tag]
+    assert settled(aof_redis) == (0, 0, 0)
+
+
+def test_a_worker_gone_between_outcome_and_ack_leaves_nothing_to_redeliver(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    """The outcome committed with the ack commands, then the process stops without acking
+    (the connection closes with the message delivered): kombu's restore of unacked messages
+    finds no record, so the job is not delivered again; without the ack commands it is."""
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        publish(conn, {"n": 2})
+        first, _ = take_one(conn)
+        assert outcome_transaction(aof_redis, first[0].delivery_tag)
+        second, _ = take_one(conn)  # no outcome: must come back
+        assert [m.payload for m in second] == [{"n": 2}]
+    assert consume_again(aof_redis) == [{"n": 2}]
+    assert settled(aof_redis) == (0, 0, 0)
+
+
+def test_reject_after_the_ack_went_with_the_outcome_puts_nothing_back(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        got, _ = take_one(conn)
+        assert outcome_transaction(aof_redis, got[0].delivery_tag)
+        got[0].reject(requeue=True)
+    assert settled(aof_redis) == (0, 0, 0)
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        assert conn.default_channel.client.llen("tq") == 0
+
+
+def test_the_ack_goes_separately_on_kombus_brpop_path(
+    aof_redis: EmbeddedRedis, brpop_path: None
+) -> None:
+    """No atomic take (a ``global_keyprefix``): no ack commands; kombu acks as usual."""
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        got, _ = take_one(conn)
+        assert not outcome_transaction(aof_redis, got[0].delivery_tag)
+        assert settled(aof_redis) == (0, 1, 1)
+        got[0].ack()
+    assert settled(aof_redis) == (0, 0, 0)
+
+
+def test_the_ack_goes_separately_for_an_outcome_on_another_database(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    """The worker's Redis is not the broker's (``FIN_BROKER_URL``; here another database of
+    the same server): no ack commands, the records stay until kombu's own ack."""
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        publish(conn, {"n": 1})
+        got, _ = take_one(conn)
+        assert not outcome_transaction(aof_redis, got[0].delivery_tag, db=1)
+        assert settled(aof_redis) == (0, 1, 1)
+        got[0].ack()
+    assert settled(aof_redis) == (0, 0, 0)
