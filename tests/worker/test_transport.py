@@ -1063,3 +1063,137 @@ def test_the_ack_goes_separately_for_an_outcome_on_another_database(
         assert settled(aof_redis) == (0, 1, 1)
         got[0].ack()
     assert settled(aof_redis) == (0, 0, 0)
+
+
+# --- the take hands out up to the consumer's free prefetch slots -------------------------------
+
+
+def drain_until(conn: kombu.Connection, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out draining"
+        with contextlib.suppress(socket.timeout):
+            conn.drain_events(timeout=0.5)
+
+
+def test_one_take_hands_out_up_to_the_free_prefetch_slots_in_order(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    r = client(aof_redis)
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        for n in range(5):
+            publish(conn, {"n": n})
+        got: list[Any] = []
+        consumer = conn.Consumer([QUEUE], callbacks=[lambda _b, m: got.append(m)])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        r.config_resetstat()
+        conn.drain_events(timeout=2)
+        # one script run took three messages: as many as the free slots, oldest first (a
+        # fresh Redis answers the first EVALSHA with NOSCRIPT: not a run)
+        stats = r.info("commandstats")["cmdstat_evalsha"]
+        assert stats["calls"] - stats["failed_calls"] == 1, stats
+        assert [m.payload["n"] for m in got] == [0, 1, 2]
+        assert settled(aof_redis) == (2, 3, 3)
+        got[0].ack()  # one slot free: the next take hands out one
+        drain_until(conn, lambda: len(got) == 4)
+        assert [m.payload["n"] for m in got] == [0, 1, 2, 3]
+        assert settled(aof_redis) == (1, 3, 3)
+        for m in got[1:]:
+            m.ack()
+        drain_until(conn, lambda: len(got) == 5)
+        got[4].ack()
+    assert settled(aof_redis) == (0, 0, 0)
+
+
+def test_every_message_of_a_lost_multi_message_take_is_put_back_once_in_order(
+    aof_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        for n in range(3):
+            publish(conn, {"n": n})
+        lose_the_reply_carrying_a_message(monkeypatch)
+        consumer = conn.Consumer([QUEUE], callbacks=[lambda _b, _m: None])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        with pytest.raises(redis.ConnectionError):
+            conn.drain_events(timeout=2)
+        monkeypatch.undo()
+        assert settled(aof_redis) == (0, 3, 3)  # all three taken and recorded in one step
+        with contextlib.suppress(Exception):
+            conn.collect()
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        got: list[Any] = []
+        consumer = conn.Consumer([QUEUE], callbacks=[lambda _b, m: (got.append(m), m.ack())])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        drain_until(conn, lambda: len(got) == 3)
+        assert [m.payload["n"] for m in got] == [0, 1, 2]  # once each, in their order
+    assert settled(aof_redis) == (0, 0, 0)
+
+
+def test_a_write_refused_after_the_first_message_ends_the_take_with_what_was_taken(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    """The second message's write fails inside the script (here a job key of the wrong type
+    makes its numbering fail; a full Redis refuses the same way): the take hands out the
+    first message, recorded, and leaves the second on its queue untouched."""
+    from fin_relay.contract import redisproto
+    from fin_relay.contract.celery_wire import task_message
+
+    r = client(aof_redis)
+    first_id, first = task_message("fin.start", {"conversation_id": "c-1"})
+    second_id, second = task_message("fin.start", {"conversation_id": "c-2"})
+    r.lpush("fin.calls", first, second)
+    r.set(f"fin:job:{second_id}", "not a hash")
+    keys = ["unacked_index", "unacked", "unacked_inflight:t", "unacked_owner:t", "fin.calls"]
+    reply = r.evalsha(
+        redisproto.BROKER_TAKE.sha
+        if r.script_exists(redisproto.BROKER_TAKE.sha)[0]
+        else r.script_load(redisproto.BROKER_TAKE.source),
+        len(keys),
+        *keys,
+        time.time(),
+        60_000,
+        "1",
+        "fin:job:",
+        "fin:conv:",
+        ":seq",
+        60,
+        "fin.start fin.reply",
+        5,
+    )
+    assert len(reply) == 4 and reply[1] == first and reply[2:] == [1, 1]  # first, numbered 1
+    assert r.lrange("fin.calls", 0, -1) == [second]
+    tag = json.loads(first)["properties"]["delivery_tag"]
+    assert r.hkeys("unacked") == [tag] and r.zrange("unacked_index", 0, -1) == [tag]
+    assert r.get("unacked_inflight:t") == tag
+    assert r.hget(f"fin:job:{first_id}", "seq") == "1" and r.get("fin:conv:c-2:seq") is None
+
+
+def test_a_delivery_error_puts_the_rest_of_the_take_back_in_order(
+    aof_redis: EmbeddedRedis,
+) -> None:
+    with kombu.Connection(aof_redis.url, transport=OURS) as conn:
+        for n in range(3):
+            publish(conn, {"n": n})
+
+        def explode(_body: Any, _message: Any) -> None:
+            raise RuntimeError("consumer callback failed")
+
+        consumer = conn.Consumer([QUEUE], callbacks=[explode])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        with pytest.raises(RuntimeError):
+            conn.drain_events(timeout=2)
+        # the first message reached the callback (kombu's to settle); the other two are back
+        # at the head of the queue, in order, and no longer recorded as unacked
+        r = client(aof_redis)
+        queued = [
+            json.loads(
+                kombu_redis.loads(m)["body"] and base64.b64decode(kombu_redis.loads(m)["body"])
+            )["n"]
+            for m in reversed(r.lrange("tq", 0, -1))
+        ]
+        assert queued == [1, 2]
+        assert r.hlen("unacked") == 1 and r.zcard("unacked_index") == 1

@@ -1,5 +1,5 @@
 -- The worker transport's atomic take (fixes 1, 4 and 5 of worker/transport.py): hands out the
--- oldest message of the first non-empty queue and records it as unacked in the same step.
+-- oldest messages of the queues, in order, and records each as unacked in the same step.
 -- celery_wire.lua is prepended (celery_wire_read, celery_wire_conversation).
 -- KEYS[1] unacked index   KEYS[2] unacked hash   KEYS[3] this channel's inflight key
 -- KEYS[4] this process's owner set (fix 4)   KEYS[5..] the queues, in order
@@ -7,7 +7,11 @@
 -- ARGV[4..8] the numbering (fix 5): job key prefix ('' = no numbering), the conversation
 --         counter's key prefix and suffix, the TTL (s) of the keys it writes, the call task names
 --         (space-separated)
--- Returns {queue, message, recorded, seq}, or false when every queue is empty.
+-- ARGV[9] at most this many messages (the consumer's free prefetch slots; absent: 1)
+-- Returns {queue, message, recorded, seq} for each message taken, flattened (oldest first), or
+-- false when every queue is empty. The inflight key holds the recorded tags, space-separated.
+-- A write refused after the first message (Redis out of memory, noeviction) ends the batch
+-- with what was taken whole; refused on the first, the script fails and nothing is taken.
 local numbering = ARGV[4] ~= ''
 local calls = {}
 if numbering then
@@ -31,35 +35,53 @@ local function number(message)
     redis.call('EXPIRE', job, ARGV[7])
     return seq
 end
-for i = 5, #KEYS do
-    local item = redis.call('LINDEX', KEYS[i], -1)
-    if item then
-        local ok, message = pcall(cjson.decode, item)
-        local properties = ok and type(message) == 'table' and message['properties']
-        local tag = type(properties) == 'table' and properties['delivery_tag']
-        if type(tag) ~= 'string' then
-            redis.call('RPOP', KEYS[i])
-            return {KEYS[i], item, 0, 0}  -- not a kombu message: handed over as BRPOP would
-        end
-        local info = properties['delivery_info']
-        local exchange, routing_key = '', ''
-        if type(info) == 'table' then
-            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
-        end
-        -- the number and the record first: a write refused (Redis out of memory, noeviction)
-        -- stops the script before anything is taken; a number written before a refusal is
-        -- found again by the next take of the message
-        local seq = 0
-        if numbering then seq = number(message) end
-        redis.call('ZADD', KEYS[1], ARGV[1], tag)
-        -- kombu's own record: JSON [message, exchange, routing_key]
-        redis.call('HSET', KEYS[2], tag,
-            '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
-        if ARGV[3] == '1' then redis.call('SADD', KEYS[4], tag) end  -- who holds it (fix 4)
-        redis.call('RPOP', KEYS[i])
-        redis.call('SET', KEYS[3], tag, 'PX', ARGV[2])
-        return {KEYS[i], item, 1, seq}
+local limit = tonumber(ARGV[9] or '1') or 1
+local out, tags = {}, {}
+-- Take the oldest message of KEYS[q] (known to be `item`): -> true when it was taken.
+local function take(q, item)
+    local ok, message = pcall(cjson.decode, item)
+    local properties = ok and type(message) == 'table' and message['properties']
+    local tag = type(properties) == 'table' and properties['delivery_tag']
+    if type(tag) ~= 'string' then
+        redis.call('RPOP', KEYS[q])
+        out[#out + 1] = KEYS[q]; out[#out + 1] = item; out[#out + 1] = 0; out[#out + 1] = 0
+        return true  -- not a kombu message: handed over as BRPOP would
     end
+    local info = properties['delivery_info']
+    local exchange, routing_key = '', ''
+    if type(info) == 'table' then
+        if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+        if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+    end
+    -- the number and the record first: a write refused stops before this message is taken;
+    -- a number written before a refusal is found again by the next take of the message
+    local seq = 0
+    if numbering then seq = number(message) end
+    redis.call('ZADD', KEYS[1], ARGV[1], tag)
+    -- kombu's own record: JSON [message, exchange, routing_key]
+    redis.call('HSET', KEYS[2], tag,
+        '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+    if ARGV[3] == '1' then redis.call('SADD', KEYS[4], tag) end  -- who holds it (fix 4)
+    redis.call('RPOP', KEYS[q])
+    out[#out + 1] = KEYS[q]; out[#out + 1] = item; out[#out + 1] = 1; out[#out + 1] = seq
+    tags[#tags + 1] = tag
+    return true
 end
-return false
+local taken = 0
+for q = 5, #KEYS do
+    while taken < limit do
+        local item = redis.call('LINDEX', KEYS[q], -1)
+        if not item then break end
+        if taken == 0 then
+            take(q, item)
+        elseif not pcall(take, q, item) then
+            taken = limit  -- refused: hand out what was taken
+            break
+        end
+        taken = taken + 1
+    end
+    if taken >= limit then break end
+end
+if #out == 0 then return false end
+if #tags > 0 then redis.call('SET', KEYS[3], table.concat(tags, ' '), 'PX', ARGV[2]) end
+return out
