@@ -39,7 +39,7 @@ from fin_relay.contract.fin_api import (
 )
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
 from fin_relay.contract.names import TASK_EVENT
-from fin_relay.contract.publish import add_publish
+from fin_relay.contract.publish import add_publish_once
 from fin_relay.worker import metrics, transport
 from fin_relay.worker.runtime import Runtime
 
@@ -125,11 +125,6 @@ def run_event(
         if name not in KNOWN_EVENTS:
             unexpected = f"event_name (unknown event), {unexpected}"
     marker = runtime.names.job(f"event:{event_id}")
-    # both round trips shared with the other threads' (worker.batching), as a call's are
-    (exists,) = runtime.coalescer.execute([(("EXISTS", marker), {})])
-    if exists:  # a redelivery after it was published: publish once
-        log.info("event=%s duplicate delivery: already published", event_id)
-        return
     status: str | None = None
     if isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
         if event.status in KNOWN_STATUSES:
@@ -138,6 +133,36 @@ def run_event(
             unexpected = "status (unknown value)"
     elif isinstance(event, GenericEvent):
         unexpected = "event_name (unknown event)"
+    now_ms = int(time.time() * 1000)
+    envelope = Envelope.now(id=event_id, type=name, conversation_id=conversation_id, data=raw)
+    # One MULTI/EXEC, shared with the other threads' round trips (worker.batching): the state,
+    # the envelope published unless its marker says a delivery already did, and the marker.
+    # The state update goes in either way: it never moves backwards in Fin's time, so applying
+    # an event twice changes nothing.
+    pipe = runtime.redis.pipeline(transaction=True)
+    if status is not None and isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
+        runtime.sequencer.add_event_state(
+            pipe, conversation_id, status, event.created_at_ms, now_ms
+        )
+    published_at = add_publish_once(
+        pipe,
+        runtime.names,
+        runtime.names.events,
+        envelope,
+        maxlen=runtime.settings.fin_relay_stream_maxlen,
+        marker=marker,
+        marker_value=str(now_ms),
+        marker_ttl_s=STATE_TTL_S,
+    )
+    acks = transport.ack_commands(delivery_tag, runtime.redis)  # the broker's ack too
+    for command in acks or ():
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    replies = runtime.coalescer.execute_pipeline(pipe)
+    if acks:
+        transport.acked_with_outcome(delivery_tag)
+    if not replies[published_at]:  # a redelivery after it was published: publish once
+        log.info("event=%s duplicate delivery: already published", event_id)
+        return
     if unexpected is not None:
         log.info(
             "event=%s name=%s unknown or unexpected fields: %s; published as received, "
@@ -146,27 +171,6 @@ def run_event(
             name[:_MAX_LOGGED],
             unexpected,
         )
-    now_ms = int(time.time() * 1000)
-    envelope = Envelope.now(id=event_id, type=name, conversation_id=conversation_id, data=raw)
-    pipe = runtime.redis.pipeline(transaction=True)
-    if status is not None and isinstance(event, FinStatusUpdatedEvent | FinRepliedEvent):
-        runtime.sequencer.add_event_state(
-            pipe, conversation_id, status, event.created_at_ms, now_ms
-        )
-    add_publish(
-        pipe,
-        runtime.names,
-        runtime.names.events,
-        envelope,
-        maxlen=runtime.settings.fin_relay_stream_maxlen,
-    )
-    pipe.set(marker, now_ms, ex=STATE_TTL_S)
-    acks = transport.ack_commands(delivery_tag, runtime.redis)  # the broker's ack too
-    for command in acks or ():
-        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    runtime.coalescer.execute_pipeline(pipe)  # MULTI/EXEC: the state, the envelope and the marker
-    if acks:
-        transport.acked_with_outcome(delivery_tag)
     received = kwargs.get("received_at_ms")
     lag = now_ms - received if isinstance(received, int) else -1
     metrics.event_published(lag)

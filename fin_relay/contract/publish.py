@@ -44,6 +44,35 @@ def add_publish(
         pipe.publish(names.conversation_channel(envelope.conversation_id), text)
 
 
+def add_publish_once(
+    pipe: Any,
+    names: Names,
+    stream: str,
+    envelope: Envelope,
+    *,
+    maxlen: int,
+    marker: str,
+    marker_value: str,
+    marker_ttl_s: int,
+) -> int:
+    """Queue what :func:`add_publish` queues, as one command (``publish_once.lua``) that
+    publishes nothing when the key ``marker`` exists and otherwise sets it (``marker_value``,
+    ``marker_ttl_s``): a redelivered event publishes once, without a round trip of its own to
+    check first. Returns the index of that command in the pipeline (its reply: 1 published,
+    0 already published)."""
+    channel = (
+        names.conversation_channel(envelope.conversation_id) if envelope.conversation_id else ""
+    )
+    flat = [part for item in envelope.stream_fields().items() for part in item]
+    at = len(pipe.command_stack)
+    redisproto.PUBLISH_ONCE.queue(
+        pipe,
+        [marker, stream, channel],
+        [maxlen, marker_value, marker_ttl_s, envelope.to_json(), *flat],
+    )
+    return at
+
+
 def publish(
     client: Any, names: Names, items: Iterable[tuple[str, Envelope]], *, maxlen: int
 ) -> None:

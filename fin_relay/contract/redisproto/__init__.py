@@ -234,5 +234,6 @@ PRODUCER_ABANDON = script("producer_abandon.lua", libraries=["sequence_advance.l
 #: fin_relay.webhook_ingest: de-dup + enqueue of a batch; the de-dup claim's release (kombu).
 INGEST_ENQUEUE = script("ingest_enqueue.lua")
 INGEST_RELEASE_CLAIM = script("ingest_release_claim.lua")
-#: fin_relay.contract.publish: XADD recording the new entry's id.
+#: fin_relay.contract.publish: XADD recording the new entry's id; a publication made once.
 XADD_RECORDING_ID = script("xadd_recording_id.lua")
+PUBLISH_ONCE = script("publish_once.lua")
