@@ -24,7 +24,7 @@ takes the visibility timeout to redeliver a dead consumer's messages (4):
    and when the channel's connection breaks with a reply outstanding, the next channel of
    the process (Celery's reconnect) puts those messages back at the head of their queue, in
    order, unless the reply had arrived. A script cannot block like ``BRPOP``: when every queue is empty
-   the channel polls again after 0.5 ms, backing off to 3 ms while messages keep arriving and
+   the channel polls again after 0.5 ms, backing off to 1 ms while messages keep arriving and
    to ``IDLE_POLL_MAX_S`` (10 ms) once idle for 2 s (a read-only
    ``LINDEX`` per queue, nothing written). Not used with ``global_keyprefix`` (kombu prefixes
    only one key of ``EVALSHA``): then kombu's ``BRPOP`` with fix 2 below.
@@ -131,7 +131,7 @@ KOMBU_VERIFIED = ((5, 7),)
 #: sees its queues empty between messages: it should not add latency there), else
 #: ``IDLE_POLL_MAX_S`` (an idle worker polls ~100 times per second, not ~330).
 IDLE_POLL_MIN_S = 0.0005
-BUSY_POLL_MAX_S = 0.003
+BUSY_POLL_MAX_S = 0.001
 BUSY_WINDOW_S = 2.0
 IDLE_POLL_MAX_S = 0.01
 
