@@ -10,6 +10,7 @@ variable (``celeryd_init``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -195,6 +196,10 @@ def _ready(sender: Any = None, **_: Any) -> None:
         os.getpid(),
         f"{type(broker).__module__}.{type(broker).__qualname__}" if broker else "?",
     )
+    # Everything alive now (Celery, the imports, the runtime) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks it in the middle of the
+    # jobs (docs/worker.md, "Design measurements": the p99 at 200 jobs/s).
+    gc.freeze()
 
 
 def _task_started(**_: Any) -> None:
