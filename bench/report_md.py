@@ -150,11 +150,12 @@ def _scenario_notes(results: dict[str, Any]) -> list[str]:
             f"workers answered ping {live['fin_relay']['ready_s']:.1f} / "
             f"{live['bare']['ready_s']:.1f} s after they were started. Calls/s by concurrency "
             f"(pre-built backlog): {sweep}. fin-relay's worker consumes "
-            "through its own kombu Redis transport (atomic take: one round trip per message "
-            "instead of BRPOP + a separate unacked write; one Redis client per pool instead "
-            'of one per ack; `docs/worker.md`, "Broker transport"), which is part of the '
-            "product; the bare task uses kombu's stock transport, as a user's own Celery app "
-            "would.",
+            "through its own kombu Redis transport (atomic take: one round trip hands out up "
+            "to the free prefetch slots, each message popped and recorded together, instead "
+            "of BRPOP + a separate unacked write per message; the ack sent in the job's "
+            "outcome transaction; one Redis client per pool instead of one per ack; "
+            '`docs/worker.md`, "Broker transport"), which is part of the product; the bare '
+            "task uses kombu's stock transport, as a user's own Celery app would.",
             "",
         ]
     if "rate" in results:
