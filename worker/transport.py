@@ -70,8 +70,8 @@ takes the visibility timeout to redeliver a dead consumer's messages (4):
    is added to the delivery as the ``fin_relay_seq`` header (``celery_wire.SEQ_HEADER``).
 
 6. **The ack rides with the outcome** (``ack_commands``, ``acked_with_outcome``). When the
-   broker is the worker's Redis, a call job's outcome transaction also removes the message's
-   unacked records; the ack after the task then only does kombu's in-memory bookkeeping. Not
+   broker is the worker's Redis, the transaction recording a call's outcome or publishing an
+   event also removes the message's unacked records; the ack after the task then only does kombu's in-memory bookkeeping. Not
    a kombu defect: one round trip and one transaction fewer per job.
 
 Not a fix but a cost: kombu builds a new ``redis.Redis`` client object for every ack (and
@@ -295,9 +295,9 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
 # --- the ack sent with the job's outcome ----------------------------------------------------
 #
-# A call task's outcome is one MULTI/EXEC on the worker's Redis; kombu's ack is another round
-# trip right after the task returns. When the broker is that same Redis, the outcome's
-# transaction also removes the message's unacked records (``ack_commands``), and the ack that
+# A task's outcome (a call's, an event's publication) is one MULTI/EXEC on the worker's Redis;
+# kombu's ack is another round trip right after the task returns. When the broker is that same
+# Redis, the outcome's transaction also removes the message's unacked records (``ack_commands``), and the ack that
 # follows only does kombu's in-memory bookkeeping. Both orders are safe: a record removed with
 # the outcome is a job that is done (a redelivery would find its outcome), and a record left
 # (the transaction failed) is acked or put back as before.

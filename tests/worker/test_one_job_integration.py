@@ -135,6 +135,7 @@ def test_duplicates_of_an_invalid_and_an_expired_job_fail_once_each(
     assert sim.control.requests() == []
 
 
+@pytest.mark.redis_broker
 @pytest.mark.parametrize("kind", ["call", "event"])
 def test_the_ack_is_written_in_the_outcome_transaction(
     redis_url: str,
