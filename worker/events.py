@@ -40,7 +40,7 @@ from fin_relay.contract.fin_api import (
 from fin_relay.contract.jobs import DEAD_EVENT, dead_letter
 from fin_relay.contract.names import TASK_EVENT
 from fin_relay.contract.publish import add_publish_once
-from fin_relay.worker import metrics, transport
+from fin_relay.worker import metrics
 from fin_relay.worker.runtime import Runtime
 
 log = logging.getLogger("fin_relay.worker.events")
@@ -154,12 +154,7 @@ def run_event(
         marker_value=str(now_ms),
         marker_ttl_s=STATE_TTL_S,
     )
-    acks = transport.ack_commands(delivery_tag, runtime.redis)  # the broker's ack too
-    for command in acks or ():
-        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    replies = runtime.coalescer.execute_pipeline(pipe)
-    if acks:
-        transport.acked_with_outcome(delivery_tag)
+    replies = runtime.commit(pipe, delivery_tag)  # the broker's ack too when it is this Redis
     if not replies[published_at]:  # a redelivery after it was published: publish once
         log.info("event=%s duplicate delivery: already published", event_id)
         return

@@ -20,7 +20,7 @@ from fin_relay.contract.envelope import Envelope
 from fin_relay.contract.jobs import DEAD_JOB, ValidatedJob, dead_letter, request_summary
 from fin_relay.contract.names import CALL_FAILED, CALL_SKIPPED, CALL_SUCCEEDED
 from fin_relay.contract.publish import add_publish
-from fin_relay.worker import metrics, transport
+from fin_relay.worker import metrics
 from fin_relay.worker.fin_client import RateLimitInfo
 from fin_relay.worker.rate_limit import Acquired
 from fin_relay.worker.runtime import Runtime
@@ -168,13 +168,8 @@ def finish(runtime: Runtime, ctx: JobContext, outcome: Outcome) -> Envelope:
         job_key,
         mapping={"outcome": outcome.kind, "finished_ms": _now_ms(), "attempts": ctx.attempts},
     )
-    # The broker's ack too, when the broker is this Redis (one round trip fewer per job).
-    acks = transport.ack_commands(ctx.delivery_tag, runtime.redis)
-    for command in acks or ():
-        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    runtime.coalescer.execute_pipeline(pipe)  # one round trip, shared with other threads
-    if acks:
-        transport.acked_with_outcome(ctx.delivery_tag)
+    # one round trip, shared with other threads; the broker's ack too when it is this Redis
+    runtime.commit(pipe, ctx.delivery_tag)
     log_outcome(ctx, outcome)
     return envelope
 

@@ -8,6 +8,7 @@ import contextlib
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -15,6 +16,7 @@ from fin_relay.contract import redisproto
 from fin_relay.contract.fin_api import VersionPolicy
 from fin_relay.contract.names import Names
 from fin_relay.contract.settings import WorkerSettings, load
+from fin_relay.worker import transport
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.fin_client import ThreadLocalClients
 from fin_relay.worker.gate import Gate
@@ -41,6 +43,19 @@ class Runtime:
     def versions(self) -> VersionPolicy:
         """The ``Intercom-Version`` each operation is checked against and sent with."""
         return self.settings.fin_versions
+
+    def commit(self, pipe: Any, delivery_tag: str = "") -> list[Any]:
+        """Run a task's terminal MULTI/EXEC ``pipe`` through the coalescer (one round trip,
+        shared with other threads); -> its replies. When the broker is this Redis, the
+        transaction also acknowledges ``delivery_tag`` (``transport.ack_commands``), and the
+        ack Celery sends afterwards only does kombu's bookkeeping."""
+        acks = transport.ack_commands(delivery_tag, self.redis)
+        for command in acks or ():
+            pipe.execute_command(*command)
+        replies = self.coalescer.execute_pipeline(pipe)
+        if acks:
+            transport.acked_with_outcome(delivery_tag)
+        return replies
 
     @classmethod
     def build(cls, settings: WorkerSettings) -> Runtime:
