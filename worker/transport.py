@@ -23,10 +23,10 @@ takes the visibility timeout to redeliver a dead consumer's messages (4):
    fact: the script also notes the tags of its last take on this channel (``inflight`` key),
    and when the channel's connection breaks with a reply outstanding, the next channel of
    the process (Celery's reconnect) puts those messages back at the head of their queue, in
-   order, unless the reply had arrived. A script cannot block like ``BRPOP``: when every queue is empty
-   the channel polls again after 0.5 ms, backing off to 1 ms while messages keep arriving and
-   to ``IDLE_POLL_MAX_S`` (10 ms) once idle for 2 s (a read-only
-   ``LINDEX`` per queue, nothing written). Not used with ``global_keyprefix`` (kombu prefixes
+   order, unless the reply had arrived. A script cannot block like ``BRPOP``: when every queue
+   is empty the channel waits for the doorbell (fix 7); without one it polls again after
+   0.5 ms, backing off to 1 ms while messages keep arriving and to ``IDLE_POLL_MAX_S`` (10 ms)
+   once idle for 2 s (a read-only ``LINDEX`` per queue, nothing written). Not used with ``global_keyprefix`` (kombu prefixes
    only one key of ``EVALSHA``): then kombu's ``BRPOP`` with fix 2 below.
 
 2. **Held messages** (``QoS.append``, kombu's ``BRPOP`` path only). When the unacked record
@@ -71,8 +71,20 @@ takes the visibility timeout to redeliver a dead consumer's messages (4):
 
 6. **The ack rides with the outcome** (``ack_commands``, ``acked_with_outcome``). When the
    broker is the worker's Redis, the transaction recording a call's outcome or publishing an
-   event also removes the message's unacked records; the ack after the task then only does kombu's in-memory bookkeeping. Not
-   a kombu defect: one round trip and one transaction fewer per job.
+   event also removes the message's unacked records; the ack after the task then only does
+   kombu's in-memory bookkeeping. Not a kombu defect: one round trip and one transaction fewer
+   per job.
+
+7. **A doorbell instead of busy polling** (``_Doorbell``). The take cannot block (fix 1), so
+   a worker polled its empty queues every 0.5–1 ms while messages kept arriving: most takes
+   found nothing, and each cost an event-loop turn and a round trip. Here the event loop also
+   reads one more connection, on which Redis reports every write to a consumed queue (``CLIENT
+   TRACKING ... BCAST PREFIX <queue>``, Redis 6+): an empty take waits for that ring, and takes
+   at once when one came while the take was out. Nothing is taken or recorded through it, so
+   it changes when the worker takes, never what: a missed ring costs at most
+   ``DOORBELL_SAFETY_POLL_S`` (the idle poll). Where Redis refuses key tracking (older than 6,
+   ``CLIENT`` denied) the worker polls as before; a lost doorbell connection is replaced
+   within ``DOORBELL_RETRY_S``, polling meanwhile.
 
 Not a fix but a cost: kombu builds a new ``redis.Redis`` client object for every ack (and
 every other command it sends outside the consuming connection), a third of the per-message
@@ -134,6 +146,14 @@ IDLE_POLL_MIN_S = 0.0005
 BUSY_POLL_MAX_S = 0.001
 BUSY_WINDOW_S = 2.0
 IDLE_POLL_MAX_S = 0.01
+
+#: Redis's channel of key invalidations (``CLIENT TRACKING ... REDIRECT``, RESP2).
+INVALIDATE_CHANNEL = "__redis__:invalidate"
+#: After the doorbell could not be set up or broke, try again at most this often.
+DOORBELL_RETRY_S = 1.0
+#: With the doorbell, an empty take is still repeated after this long: a bound on the wait
+#: should a ring ever be missed (the same bound as an idle worker's polling).
+DOORBELL_SAFETY_POLL_S = IDLE_POLL_MAX_S
 
 #: At most this many messages per take (bounded by the consumer's free prefetch slots): one
 #: round trip and one event-loop turn for a burst, and the script stays well under a
@@ -352,6 +372,53 @@ def _acked_with_outcome(delivery_tag: str) -> bool:
     return True
 
 
+class _Doorbell:
+    """A connection that Redis rings on every write to the consumed queues.
+
+    ``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <queue> ...`` then ``SUBSCRIBE
+    __redis__:invalidate``: Redis sends this connection one invalidation message per write to a
+    key starting with a consumed queue's name (a producer's push, a restore, a take). Works
+    with RESP2 and RESP3, and dies with its socket: nothing else is left tracked."""
+
+    def __init__(self, pool: Any, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+        self.rings = 0
+        self.conn = pool.connection_class(**pool.connection_kwargs)  # its own socket, not pooled
+        try:
+            self.conn.connect()
+            self.conn.send_command("CLIENT", "ID")
+            client_id = int(self.conn.read_response())
+            args: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
+            for prefix in prefixes:
+                args += ["PREFIX", prefix]
+            self.conn.send_command(*args)
+            self.conn.read_response()
+            self.conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
+            self.conn.read_response(push_request=True)  # RESP3: a push; RESP2: a reply
+        except BaseException:
+            self.conn.disconnect()
+            raise
+
+    def fileno(self) -> int:
+        sock = self.conn._sock
+        if sock is None:
+            raise redis.ConnectionError("the doorbell connection is closed")
+        return int(sock.fileno())
+
+    def drain(self) -> bool:
+        """Count every message that arrived; ``False`` when the connection is gone."""
+        try:
+            while self.conn.can_read(timeout=0):
+                self.conn.read_response(push_request=True)
+                self.rings += 1
+            return True
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    def close(self) -> None:
+        self.conn.disconnect()
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
 
@@ -383,6 +450,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._atomic_poll = False  # whether the outstanding poll is a take (else kombu's BRPOP)
         self._no_ack_tags: set[str] = set()  # consumers without acks: see _brpop_start
         self._endpoint: _Endpoint | None = None  # fix 4: set when takes can be owned
+        self._doorbell: _Doorbell | None = None  # fix 7
+        self._doorbell_loop: Any = None
+        self._doorbell_usable = True  # False once Redis refused key tracking
+        self._doorbell_retry_at = 0.0
+        self._rings_at_take = -1  # the doorbell's count when the outstanding take was sent
         super().__init__(*args, **kwargs)  # connects (PING): Redis answers
         self._connparams(asynchronous=False)  # remember the sync pool's parameters too
         self.atomic_take = self.ATOMIC_TAKE and not self.global_keyprefix
@@ -468,6 +540,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        self._ring_check()
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         endpoint = self._endpoint
@@ -487,6 +560,58 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             *self._numbering_args,
             self._take_limit(),
         )
+
+    def _ring_check(self) -> None:
+        """Before a take (fix 7): have the doorbell ring for the consumed queues, and note its
+        count. Without an event loop (``drain_events()``), or where Redis refuses key tracking,
+        empty queues are polled as before."""
+        self._rings_at_take = -1
+        loop = getattr(self.connection, "_loop", None)
+        if not self._doorbell_usable or loop is None:
+            return
+        prefixes = _prefixes(self.active_queues)
+        bell = self._doorbell
+        if bell is not None and bell.prefixes != prefixes:
+            self._drop_doorbell()  # queues added or cancelled: track the new set
+            bell = None
+        if bell is None:
+            if time.monotonic() < self._doorbell_retry_at:
+                return
+            try:
+                bell = _Doorbell(self.pool, prefixes)
+            except redis.ResponseError as exc:  # Redis < 6, CLIENT renamed, or denied (ACL)
+                log.info("broker: no key tracking (%s): empty queues are polled", exc)
+                self._doorbell_usable = False
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.info("broker: doorbell connection failed (%s): polling meanwhile", exc)
+                self._doorbell_retry_at = time.monotonic() + DOORBELL_RETRY_S
+                return
+            loop.add_reader(bell.fileno(), self._on_ring)
+            self._doorbell, self._doorbell_loop = bell, loop
+        self._rings_at_take = bell.rings
+
+    def _on_ring(self) -> None:
+        """The doorbell's socket is readable: a consumed queue was written to; take now."""
+        bell = self._doorbell
+        if bell is not None and not bell.drain():
+            log.info("broker: doorbell connection lost: polling until it is back")
+            self._drop_doorbell()
+            self._doorbell_retry_at = time.monotonic() + DOORBELL_RETRY_S
+        self._take_after = 0.0
+
+    def _drop_doorbell(self) -> None:
+        bell, loop = self._doorbell, self._doorbell_loop
+        self._doorbell = self._doorbell_loop = None
+        if bell is None:
+            return
+        if loop is not None and bell.conn._sock is not None:
+            loop.remove_reader(bell.conn._sock)
+        bell.close()
+
+    def close(self) -> None:
+        self._drop_doorbell()
+        super().close()
 
     def _take_limit(self) -> int:
         """How many messages one take may hand out: the consumer's free prefetch slots, at
@@ -516,6 +641,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 busy = now - self._last_message_at < BUSY_WINDOW_S
                 cap = BUSY_POLL_MAX_S if busy else IDLE_POLL_MAX_S
                 delay_s = min(cap, IDLE_POLL_MIN_S * 2 ** min(self._idle_polls - 1, 16))
+                bell = self._doorbell
+                if bell is not None and self._rings_at_take >= 0:
+                    # fix 7: a write after the script ran rings the doorbell; one that rang
+                    # while this take was out may have come after it: take again at once
+                    rang = bell.rings != self._rings_at_take
+                    delay_s = 0.0 if rang else DOORBELL_SAFETY_POLL_S
                 self._take_after = now + delay_s
                 self.connection.on_idle_poll(delay_s)
                 raise Empty()
@@ -652,6 +783,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 
 _client_lock = threading.Lock()
+
+
+def _prefixes(queues: Any) -> tuple[str, ...]:
+    """The consumed queues' names as tracking prefixes, none a prefix of another (Redis
+    refuses overlapping prefixes; a priority step's key starts with its queue's name)."""
+    out: list[str] = []
+    for name in sorted(set(queues)):
+        if not any(name.startswith(p) for p in out):
+            out.append(name)
+    return tuple(out)
 
 
 def _wake() -> None:

@@ -199,3 +199,97 @@ def test_thread_local_clients_one_per_thread_and_closed() -> None:
     assert len(set(seen)) == 4 and len(pool) == 4
     pool.close_all()
     assert len(pool) == 0
+
+
+def test_post_sends_what_httpx_client_post_would_send() -> None:
+    """``FinClient.post`` hands its request straight to the transport: method, URL (base URL
+    with a path merged as httpx merges it), every header, body and timeouts must be what
+    ``httpx.Client.post`` would have sent, for the default and an overridden version."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "thinking"})
+
+    fin = FinClient(
+        base_url="https://api.example.test/prefix",
+        token="secret-token",
+        api_version="2.15",
+        connect_timeout_s=1.5,
+        read_timeout_s=7,
+        transport=httpx.MockTransport(handler),
+    )
+    body = {"conversation_id": "c1", "message": {"body": "héllo"}}
+    fin.post("/fin/start", body, CallObservation())
+    fin.post("/fin/reply", body, CallObservation(), version="Preview")
+    fin.post("/fin/start", body, CallObservation())  # cached route and headers: same again
+    ours = list(seen)
+    seen.clear()
+    plain = httpx.Client(
+        base_url="https://api.example.test/prefix",
+        headers=dict(fin._http.headers),
+        timeout=fin._http.timeout,
+        transport=httpx.MockTransport(handler),
+    )
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    plain.post("/fin/start", content=content)
+    plain.post("/fin/reply", content=content, headers={"Intercom-Version": "Preview"})
+    plain.post("/fin/start", content=content)
+    assert [str(r.url) for r in ours] == [
+        "https://api.example.test/prefix/fin/start",
+        "https://api.example.test/prefix/fin/reply",
+        "https://api.example.test/prefix/fin/start",
+    ]
+    for mine, theirs in zip(ours, seen, strict=True):
+        assert (mine.method, mine.url, mine.content) == (theirs.method, theirs.url, theirs.content)
+        assert sorted(mine.headers.multi_items()) == sorted(theirs.headers.multi_items())
+        assert mine.extensions["timeout"] == theirs.extensions["timeout"]
+    assert ours[1].headers["intercom-version"] == "Preview"
+    assert ours[2].headers["intercom-version"] == "2.15"
+
+
+def test_post_goes_through_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx's ``HTTP_PROXY`` support is kept: the request reaches a real forward proxy, in
+    absolute form, with its body."""
+    import http.server
+    import threading
+
+    got: list[tuple[str, bytes]] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            got.append((self.requestline, self.rfile.read(length)))
+            payload = b'{"status":"thinking"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        fin = FinClient(
+            base_url="http://fin.example.invalid",
+            token="secret-token",
+            api_version="2.15",
+            connect_timeout_s=2,
+            read_timeout_s=5,
+        )
+        reply = fin.post("/fin/start", {"conversation_id": "c1"}, CallObservation())
+        fin.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.body == {"status": "thinking"}
+    assert got == [
+        ("POST http://fin.example.invalid/fin/start HTTP/1.1", b'{"conversation_id":"c1"}')
+    ]
