@@ -154,6 +154,17 @@ def classify(response: httpx.Response) -> FinReply | None:
     raise FinApiError(message, status=status, body=body, request_id=request_id)
 
 
+#: The file defining ``httpx.Client`` (its ``__init__``'s: ``__module__`` says ``httpx``).
+_HTTPX_CLIENT_FILE = httpx.Client.__init__.__code__.co_filename
+
+
+def _client_send_is_httpx_own() -> bool:
+    """Whether ``httpx.Client.send`` is httpx's, not a wrapper installed by an instrumentation
+    (Sentry, OpenTelemetry): a wrapper's code lives in another file, even under ``wraps``."""
+    code = getattr(httpx.Client.send, "__code__", None)
+    return code is not None and code.co_filename == _HTTPX_CLIENT_FILE
+
+
 class FinClient:
     """POSTs to Fin with the headers every call needs; one instance per thread (not shared)."""
 
@@ -197,6 +208,8 @@ class FinClient:
         # against the pinned httpx by the tests), without the Client's per-call header and URL
         # merging, auth and redirect generators and cookie jar, none of which a call to Fin
         # uses: about 40% of the client's CPU per call (docs/worker.md, "Design measurements").
+        # Not while something instruments ``Client.send`` (Sentry's httpx integration adds
+        # breadcrumbs and trace headers there): then every call goes through the Client.
         self._fast = hasattr(self._http, "_transport_for_url")
         self._extensions = {"timeout": timeout.as_dict()}
         self._routes: dict[str, tuple[httpx.URL, httpx.BaseTransport]] = {}
@@ -224,7 +237,7 @@ class FinClient:
         started = time.perf_counter()
         try:
             observed.sent = True
-            if self._fast:
+            if self._fast and _client_send_is_httpx_own():
                 response = self._send(path, content, version or self._version)
             elif version is None or version == self._version:
                 response = self._http.post(path, content=content)

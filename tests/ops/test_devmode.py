@@ -384,6 +384,14 @@ def test_dev_printed_commands_paste_as_they_are(
     cleanup.append(watch)
     assert watch.stdout is not None
     watched = LineReader(iter(watch.stdout))
+    # `watch` reads what arrives after it started: enqueue once it is reading the streams
+    client = redis.Redis.from_url(printed.settings["REDIS_URL"], decode_responses=True)
+    deadline = time.monotonic() + 30
+    while not any(c.get("cmd") == "xread" for c in client.client_list()):
+        assert watch.poll() is None, "fin-relay watch exited"
+        assert time.monotonic() < deadline, "fin-relay watch never read the streams"
+        time.sleep(0.02)
+    client.close()
 
     start = subprocess.run(
         shlex.split(printed.command("enqueue", "start")),

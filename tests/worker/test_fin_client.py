@@ -201,10 +201,20 @@ def test_thread_local_clients_one_per_thread_and_closed() -> None:
     assert len(pool) == 0
 
 
-def test_post_sends_what_httpx_client_post_would_send() -> None:
+def pristine_client_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx's own ``Client.send`` for this test, should an instrumentation (Sentry, set up by
+    another test of this process) have wrapped it."""
+    send = httpx.Client.send
+    while hasattr(send, "__wrapped__"):
+        send = send.__wrapped__
+    monkeypatch.setattr(httpx.Client, "send", send)
+
+
+def test_post_sends_what_httpx_client_post_would_send(monkeypatch: pytest.MonkeyPatch) -> None:
     """``FinClient.post`` hands its request straight to the transport: method, URL (base URL
     with a path merged as httpx merges it), every header, body and timeouts must be what
     ``httpx.Client.post`` would have sent, for the default and an overridden version."""
+    pristine_client_send(monkeypatch)
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -246,11 +256,39 @@ def test_post_sends_what_httpx_client_post_would_send() -> None:
         assert mine.extensions["timeout"] == theirs.extensions["timeout"]
     assert ours[1].headers["intercom-version"] == "Preview"
     assert ours[2].headers["intercom-version"] == "2.15"
+    assert sorted(fin._routes) == ["/fin/reply", "/fin/start"]  # the transport path was taken
+
+
+def test_an_instrumented_client_send_still_sees_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sentry's httpx integration (and OpenTelemetry's) wrap ``httpx.Client.send``: while one
+    does, calls go through the Client, so its breadcrumbs and headers are kept."""
+    pristine_client_send(monkeypatch)
+    real_send = httpx.Client.send
+    wrapped: list[str] = []
+
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        wrapped.append(str(request.url))
+        request.headers["x-instrumented"] = "1"
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "thinking"})
+
+    client_for(handler).post("/fin/start", {"conversation_id": "c1"}, CallObservation())
+    assert wrapped == ["https://api.example.test/fin/start"]
+    assert seen[0].headers["x-instrumented"] == "1"
 
 
 def test_post_goes_through_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """httpx's ``HTTP_PROXY`` support is kept: the request reaches a real forward proxy, in
     absolute form, with its body."""
+    pristine_client_send(monkeypatch)
     import http.server
     import threading
 
