@@ -395,6 +395,8 @@ class _Doorbell:
             self.conn.read_response()
             self.conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
             self.conn.read_response(push_request=True)  # RESP3: a push; RESP2: a reply
+            # the number the event loop knows it by, also once a failed read closed the socket
+            self.fd = self.fileno()
         except BaseException:
             self.conn.disconnect()
             raise
@@ -587,7 +589,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 log.info("broker: doorbell connection failed (%s): polling meanwhile", exc)
                 self._doorbell_retry_at = time.monotonic() + DOORBELL_RETRY_S
                 return
-            loop.add_reader(bell.fileno(), self._on_ring)
+            loop.add_reader(bell.fd, self._on_ring)
             self._doorbell, self._doorbell_loop = bell, loop
         self._rings_at_take = bell.rings
 
@@ -605,8 +607,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._doorbell = self._doorbell_loop = None
         if bell is None:
             return
-        if loop is not None and bell.conn._sock is not None:
-            loop.remove_reader(bell.conn._sock)
+        if loop is not None:
+            loop.remove_reader(bell.fd)
         bell.close()
 
     def close(self) -> None:
