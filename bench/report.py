@@ -282,8 +282,22 @@ def goal_rounds(results: dict[str, Any]) -> list[str]:
                 f"{latency_figures(phase['enqueue_to_call_ms'])}; webhook answered -> event on "
                 f"stream at {phase['events_rate']:.0f} events/s "
                 f"{latency_figures(phase['webhook_to_stream_ms'])}."
+                + (f" {e2e_cpu_figures(phase['cpu'])}" if "cpu" in phase else "")
             )
     return lines
+
+
+def e2e_cpu_figures(cpu: dict[str, Any]) -> str:
+    """One e2e phase's CPU: each process's share of one core, the machine's total, and what the
+    worker's CPU per job allows one core to run."""
+    shares = ", ".join(f"{label} {pct:.0f}%" for label, pct in cpu["percent_of_core"].items())
+    per_job = cpu["worker_ms_per_job"]
+    ceiling = f"{1000.0 / per_job:.0f}" if per_job > 0 else "?"
+    return (
+        f"CPU in % of one core: {shares}; all together {cpu['total_percent']:.0f}% of the "
+        f"machine's {cpu['cores'] * 100}%. Worker CPU per job (its call and 2 events, 3 tasks): "
+        f"{per_job:.2f} ms, so one core runs at most {ceiling} such jobs/s."
+    )
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:

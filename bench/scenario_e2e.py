@@ -4,18 +4,25 @@ Redis, the simulator (50 ms latency, webhooks 100 ms after each call, delivered 
 fin-relay's ingest and one fin-relay worker (threads, c64, both queues). Jobs are enqueued with
 ``fin_relay.producer`` at a steady rate, each on a new conversation, in phases one after
 another on the same processes: 50 jobs/s (each ``start`` turn makes 2 webhook events, so
-100 events/s), 100 and 200 jobs/s (below one worker's capacity). Each phase waits until its
-last event is on the stream before the next begins. Measured, per phase:
+100 events/s), 100 and 200 jobs/s. A job here is 3 Celery tasks (its call and its 2 events), so
+200 jobs/s is 600 tasks/s for the one worker process; each phase's CPU figures say whether
+that is within the process's one core (its GIL). Each phase waits until its last event is on
+the stream before the next begins. Measured, per phase:
 
 * enqueue -> Fin call: the simulator's request-log arrival time minus the time just before
   ``producer.start()`` was called;
 * webhook -> event on the stream: the ``{ns}:events`` entry id (Redis's clock at XADD) minus the
   simulator's delivery record of that event (written when the ingest answered 202; same
-  machine, same clock), matched by (conversation, event name, created_at_ms).
+  machine, same clock), matched by (conversation, event name, created_at_ms);
+* CPU: each process's user + system CPU seconds over the phase (enqueue start to the last
+  event on the stream), as a share of one core. Every process of the run shares this machine's
+  cores: the worker's CPU per job says how many jobs/s one worker's core can run at most, and
+  the total says how much of the machine the phase used.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,6 +31,7 @@ from fin_relay.bench.harness import (
     UNLIMITED_PER_MINUTE,
     Procs,
     base_env,
+    cpu_seconds,
     percentile,
     wait_http,
     wait_until,
@@ -146,14 +154,25 @@ def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
             "the warm-up turn's events",
             step_s=0.1,
         )
+        redis_process = getattr(redis, "process", None)  # None: a Redis this run did not start
+        pids = {
+            "worker": started[1].pid,
+            "ingest": started[0].pid,
+            "simulator": sim.process.pid,
+            **({"redis": redis_process.pid} if redis_process is not None else {}),
+            "load generator": os.getpid(),
+        }
         for rate in RATES:
-            phases.append(_phase(client, sim, producer, rate, duration_s))
+            phases.append(_phase(client, sim, producer, rate, duration_s, pids))
             p = phases[-1]
             print(
                 f"  e2e {rate:.0f} jobs/s: enqueue -> call p50 "
                 f"{p['enqueue_to_call_ms']['p50']:.1f} / p99 {p['enqueue_to_call_ms']['p99']:.1f}"
                 f" ms; webhook -> stream p50 {p['webhook_to_stream_ms']['p50']:.1f} / p99 "
-                f"{p['webhook_to_stream_ms']['p99']:.1f} ms ({p['events_rate']:.0f} events/s)",
+                f"{p['webhook_to_stream_ms']['p99']:.1f} ms ({p['events_rate']:.0f} events/s); "
+                f"worker {p['cpu']['percent_of_core']['worker']:.0f}% of a core, "
+                f"{p['cpu']['worker_ms_per_job']:.2f} ms CPU/job; all processes "
+                f"{p['cpu']['total_percent']:.0f}% of {p['cpu']['cores'] * 100}%",
                 flush=True,
             )
     finally:
@@ -165,22 +184,50 @@ def run(redis: Any, quick: bool, procs: Procs) -> dict[str, Any]:
     return {"duration_s": duration_s, "phases": phases}
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds of ``pid``: this process's own (its children are the measured processes),
+    or another process's with its children."""
+    return time.process_time() if pid == os.getpid() else cpu_seconds(pid)
+
+
+def _cpu_shares(pids: dict[str, int], before: dict[str, float], elapsed_s: float) -> dict[str, Any]:
+    """CPU of each process since ``before``, in percent of one core, and per job."""
+    used = {label: _cpu(pid) - before[label] for label, pid in pids.items()}
+    return {
+        "elapsed_s": elapsed_s,
+        "percent_of_core": {label: 100.0 * s / elapsed_s for label, s in used.items()},
+        "total_percent": 100.0 * sum(used.values()) / elapsed_s,
+        "cores": os.cpu_count() or 1,
+        "seconds": used,
+    }
+
+
 def _phase(
-    client: Any, sim: Any, producer: Producer, rate: float, duration_s: int
+    client: Any,
+    sim: Any,
+    producer: Producer,
+    rate: float,
+    duration_s: int,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """Enqueue at ``rate`` for ``duration_s``, wait for every event, measure both latencies."""
+    """Enqueue at ``rate`` for ``duration_s``, wait for every event, measure both latencies
+    and each process's CPU."""
     count = int(rate * duration_s)
     sim.control.clear()
     marker = client.xinfo_stream("fin:events")["last-generated-id"]
     before = client.xlen("fin:events")  # the stream's cap (100,000 entries) is not reached
     tag = f"{int(time.time())}-{rate:.0f}"
+    cpu_before = {label: _cpu(pid) for label, pid in pids.items()}
+    started = time.monotonic()
     enqueued = _paced_enqueue(producer, rate, count, tag)
     wait_until(
         lambda: client.xlen("fin:events") - before >= 2 * count,
         120,
         f"every job's 2 events on the stream ({rate:.0f} jobs/s)",
-        step_s=0.25,
+        step_s=0.05,
     )
+    cpu = _cpu_shares(pids, cpu_before, time.monotonic() - started)
+    cpu["worker_ms_per_job"] = 1000.0 * cpu["seconds"]["worker"] / count
     requests = sim.control.requests()
     deliveries = sim.control.webhooks()
     entries = client.xrange("fin:events", f"({text(marker)}", "+")
@@ -211,4 +258,5 @@ def _phase(
         "webhook_to_stream_ms": _summary(event_ms),
         "calls_seen": len(call_ms),
         "events_matched": len(event_ms),
+        "cpu": cpu,
     }

@@ -158,6 +158,14 @@ def _worker_and_e2e_results() -> dict[str, object]:
         }
         for rate in (50.0, 100.0, 200.0)
     ]
+    phases[2]["cpu"] = {
+        "elapsed_s": 3.0,
+        "percent_of_core": {"worker": 90.0, "ingest": 15.0},
+        "total_percent": 105.0,
+        "cores": 2,
+        "seconds": {"worker": 2.7, "ingest": 0.45},
+        "worker_ms_per_job": 4.5,
+    }
     return {
         "worker": {
             "live": live,
@@ -219,6 +227,13 @@ def test_worker_and_e2e_goals_are_judged_with_their_rounds() -> None:
         assert "round 3: 270 / 300 = 0.90x; median 0.93x" in out
         assert "peak 110 / 100 = 1.10x" in out
         assert "p50 2.0 ms, p90 20.0 ms, p99 40.0 ms, max 80.0 ms (n=100)" in out
+        # each phase's CPU, where measured, and the jobs/s the worker's CPU per job allows
+        assert (
+            "CPU in % of one core: worker 90%, ingest 15%; all together 105% of the machine's "
+            "200%. Worker CPU per job (its call and 2 events, 3 tasks): 4.50 ms, so one core "
+            "runs at most 222 such jobs/s." in out
+        )
+        assert out.count("CPU in % of one core") == 1
     # the rounds come right under the goals table
     assert text.index("median 0.93x") < text.index("## Figures")
 
