@@ -54,6 +54,11 @@ def celery_config(settings: CommonSettings) -> dict[str, Any]:
                 1, min(10, int(settings.fin_relay_visibility_timeout_s // 2))
             ),
             "unacked_restore_throttle": 1,
+            # The pool threads ack (and put back) through the channel's connection pool, one
+            # connection each for the round trip: kombu caps it at 10, and an ack past the cap
+            # fails ("Couldn't ack ... Too many connections") and waits for redelivery. The
+            # threads' number bounds it instead.
+            "max_connections": None,
             # the take numbers this namespace's call jobs per conversation (worker.transport)
             "fin_relay_namespace": settings.fin_relay_namespace,
         },

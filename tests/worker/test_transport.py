@@ -48,10 +48,11 @@ from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
 from fin_relay.contract import names
+from fin_relay.contract.settings import WorkerSettings
 from fin_relay.embedded_redis import EmbeddedRedis, free_port
 from fin_relay.worker import app as app_module
 from fin_relay.worker import transport
-from fin_relay.worker.app import create_app
+from fin_relay.worker.app import celery_config, create_app
 from tests.fixtures.worker import REPO, wait_until
 
 pytestmark = pytest.mark.integration
@@ -281,6 +282,54 @@ def test_acks_reuse_one_client_per_pool_and_still_settle(aof_redis: EmbeddedRedi
         with channel.conn_or_acquire() as fresh:
             assert fresh is not first and fresh.connection_pool is channel._pool
             assert fresh.ping()
+
+
+def test_every_pool_thread_can_ack_at_the_same_moment(aof_redis: EmbeddedRedis) -> None:
+    """Each ack the pool threads send (QoS.ack) needs a connection of the channel's pool for
+    its round trip. kombu caps that pool at 10 connections and raises ``Too many connections``
+    past it ("Couldn't ack", the message left for redelivery); with the worker's transport
+    options the threads' own number bounds it instead."""
+    settings = WorkerSettings(redis_url=aof_redis.url, fin_api_token="t")
+    options = celery_config(settings)["broker_transport_options"]
+    threads = 64
+    with kombu.Connection(aof_redis.url, transport=OURS, transport_options=options) as conn:
+        for n in range(threads):
+            publish(conn, {"n": n})
+        messages: list[Any] = []
+        consumer = conn.Consumer([QUEUE], callbacks=[lambda _b, m: messages.append(m)])
+        consumer.qos(prefetch_count=threads)
+        consumer.consume()
+        while len(messages) < threads:
+            conn.drain_events(timeout=5)
+        assert settled(aof_redis) == (0, threads, threads)
+        pool = conn.default_channel.pool
+        all_in = threading.Barrier(threads)
+        errors: list[BaseException] = []
+
+        def ack(message: Any) -> None:
+            # every thread holds a connection of the pool at the same moment, as 64 acks
+            # sent together do, then acks
+            held = pool.get_connection()
+            try:
+                all_in.wait(timeout=10)
+            finally:
+                pool.release(held)
+            message.ack()
+
+        def run(message: Any) -> None:
+            try:
+                ack(message)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                all_in.abort()
+
+        workers = [threading.Thread(target=run, args=(m,)) for m in messages]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=30)
+        assert errors == []
+        assert settled(aof_redis) == (0, 0, 0)
 
 
 def test_empty_queues_are_polled_at_a_bounded_rate_and_latency(aof_redis: EmbeddedRedis) -> None:
