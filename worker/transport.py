@@ -397,17 +397,11 @@ class _Doorbell:
             self.conn.read_response()
             self.conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
             self.conn.read_response(push_request=True)  # RESP3: a push; RESP2: a reply
-            # the number the event loop knows it by, also once a failed read closed the socket
-            self.fd = self.fileno()
         except BaseException:
             self.conn.disconnect()
             raise
-
-    def fileno(self) -> int:
-        sock = self.conn._sock
-        if sock is None:
-            raise redis.ConnectionError("the doorbell connection is closed")
-        return int(sock.fileno())
+        # the number the event loop knows it by, also once a failed read closed the socket
+        self.fd = int(self.conn._sock.fileno())
 
     def drain(self) -> bool:
         """Count every message that arrived; ``False`` when the connection is gone."""
