@@ -60,8 +60,12 @@ def envelope(body: Any, *, encoding: str | None = "base64", task: Any = "fin.rep
     return json.dumps({"body": text, "headers": headers, "properties": properties})
 
 
-def test_python_and_lua_readers_agree(redis_url: str, redis_client: redis.Redis) -> None:
-    kwargs = {"conversation_id": "c-é☃", "message": {"body": "hi"}, "user": {"id": "u"}}
+KWARGS = {"conversation_id": "c-é☃", "message": {"body": "hi"}, "user": {"id": "u"}}
+
+
+def messages(redis_url: str, redis_client: redis.Redis) -> tuple[dict[str, str], dict[str, str]]:
+    """Task messages both readers must read the same (``items``), and ones both refuse."""
+    kwargs = KWARGS
     items = {
         "hand-built (producer, raw LPUSH)": celery_wire.task_message(
             "fin.reply", kwargs, task_id="j-0"
@@ -89,6 +93,11 @@ def test_python_and_lua_readers_agree(redis_url: str, redis_client: redis.Redis)
         "task not a string": envelope([[], kwargs, {}], task=5),
         "protocol 1 without id": envelope({"task": "fin.start", "kwargs": kwargs}, task=None),
     }
+    return items, refused
+
+
+def test_python_and_lua_readers_agree(redis_url: str, redis_client: redis.Redis) -> None:
+    items, refused = messages(redis_url, redis_client)
     seen = {}
     for name, item in {**items, **refused}.items():
         python, lua = celery_wire.read_call(item), lua_read(redis_client, item)
@@ -103,3 +112,38 @@ def test_python_and_lua_readers_agree(redis_url: str, redis_client: redis.Redis)
     assert seen["json body, no encoding"] == ("fin.reply", "j-1", "c-é☃")
     for name in ("kwargs null", "no conversation", "conversation not a string"):
         assert seen[name] == ("fin.reply", "j-1", None), name
+
+
+_NAMED = (
+    celery_wire.LUA_READER
+    + """
+local ok, message = pcall(cjson.decode, ARGV[1])
+if not ok then return false end
+return celery_wire_named_task(message) or false
+"""
+)
+
+
+def test_the_header_read_names_the_task_the_full_read_would(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The take skips the body of a message whose headers name a task that is no call: the
+    task read from the headers alone is the one the full read names, whenever it names one."""
+    items, refused = messages(redis_url, redis_client)
+    named = {}
+    for name, item in {**items, **refused}.items():
+        reply = redis_client.eval(_NAMED, 0, item)
+        named[name] = reply.decode() if isinstance(reply, bytes) else reply
+        full = celery_wire.read_call(item)
+        if named[name] is not None and full is not None:
+            assert full[0] == named[name], (name, full, named[name])
+    assert named["celery protocol 2"] == "fin.start"
+    assert named["hand-built (producer, raw LPUSH)"] == "fin.reply"
+    # protocol 1 names its task in the body only; a task that is no string is not named
+    assert named["celery protocol 1"] is None
+    assert named["task not a string"] is None
+    # named without its body being read: the full read refuses these
+    expected = {"bad base64": "fin.reply", "body not json": "fin.reply", "no body": "fin.start"}
+    for name, task in expected.items():
+        assert named[name] == task, name
+        assert celery_wire.read_call(refused[name]) is None, name

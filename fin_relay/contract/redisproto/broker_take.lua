@@ -1,6 +1,7 @@
 -- The worker transport's atomic take (fixes 1, 4 and 5 of worker/transport.py): hands out the
 -- oldest messages of the queues, in order, and records each as unacked in the same step.
--- celery_wire.lua is prepended (celery_wire_read, celery_wire_conversation).
+-- celery_wire.lua is prepended (celery_wire_named_task, celery_wire_read,
+-- celery_wire_conversation).
 -- KEYS[1] unacked index   KEYS[2] unacked hash   KEYS[3] this channel's inflight key
 -- KEYS[4] this process's owner set (fix 4)   KEYS[5..] the queues, in order
 -- ARGV[1] now (s)   ARGV[2] inflight key TTL (ms)   ARGV[3] '1' = record the tag in the owner set
@@ -20,6 +21,9 @@ end
 -- Number a call job of a conversation as it is handed out (fix 5): INCR of the conversation's
 -- counter, kept in the job's hash so a redelivery or a retry keeps its number.
 local function number(message)
+    -- most messages are no calls (a turn's webhook events): their bodies are not decoded
+    local named = celery_wire_named_task(message)
+    if named ~= nil and not calls[named] then return 0 end
     local task, id, kwargs = celery_wire_read(message)
     if task == nil or not calls[task] then return 0 end
     local cid = celery_wire_conversation(kwargs)

@@ -10,16 +10,20 @@
 --   * protocol 1: no headers.task; the body is an object with "task", "id" and "kwargs";
 --   * anything else reads as nothing (nil).
 -- celery_wire_read(message) takes the decoded envelope (a table) and returns
--- task, id, kwargs (a table) or nil.
+-- task, id, kwargs (a table) or nil. celery_wire_named_task(message) reads only the headers:
+-- the task a protocol 2 message names there, without decoding its body (a script that wants
+-- only some tasks skips the others' bodies; celery_wire_read names the same task or nil).
 
-local CELERY_WIRE_B64 = {}
-do
-  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-  for i = 1, 64 do CELERY_WIRE_B64[string.byte(alphabet, i)] = i - 1 end
-end
+-- The base64 alphabet's values, built on a script's first decode (most runs decode nothing).
+local CELERY_WIRE_B64 = nil
 
 -- Standard base64 (RFC 4648, padded; whitespace ignored), or nil when the text is not.
 local function celery_wire_b64decode(text)
+  if CELERY_WIRE_B64 == nil then
+    CELERY_WIRE_B64 = {}
+    local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+    for i = 1, 64 do CELERY_WIRE_B64[string.byte(alphabet, i)] = i - 1 end
+  end
   text = string.gsub(text, '%s', '')
   local len = #text
   if len % 4 ~= 0 then return nil end
@@ -48,6 +52,14 @@ local function celery_wire_b64decode(text)
     n = n + 1; out[n] = string.char(floor(v / 65536), floor(v / 256) % 256, v % 256)
   end
   return table.concat(out)
+end
+
+local function celery_wire_named_task(message)
+  local headers = type(message) == 'table' and message['headers']
+  if type(headers) == 'table' and type(headers['task']) == 'string' then
+    return headers['task']
+  end
+  return nil
 end
 
 local function celery_wire_read(message)
