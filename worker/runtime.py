@@ -84,7 +84,9 @@ class Runtime:
         )
         sequencer = Sequencer(client, names)
         coalescer = Coalescer(client)
-        gate = Gate(client, names, sequencer, limiter, coalescer)
+        # The gate calls coalesce among themselves, on their own connection: a job's gate is
+        # on its way to the call and does not wait behind other threads' outcome round trips.
+        gate = Gate(client, names, sequencer, limiter, Coalescer(client))
         # If Redis does not answer yet, the scripts load on first use (NOSCRIPT).
         with contextlib.suppress(redis.RedisError):
             redisproto.load_all(client)

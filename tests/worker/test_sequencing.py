@@ -5,17 +5,21 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+import uuid
 
+import pytest
 import redis
 
 from fin_relay.contract import redisproto
 from fin_relay.contract.conversation import read_state
 from fin_relay.contract.jobs import prepare_replay
 from fin_relay.contract.names import Names
+from fin_relay.contract.settings import WorkerSettings, load
 from fin_relay.worker.batching import Coalescer
 from fin_relay.worker.calls import new_lease
 from fin_relay.worker.gate import Gate
 from fin_relay.worker.rate_limit import RateLimiter, token_fingerprint
+from fin_relay.worker.runtime import Runtime
 from fin_relay.worker.sequencing import Check, Lease, Sequencer
 from tests.fixtures.worker import wait_until
 
@@ -389,3 +393,46 @@ def test_gate_keeps_the_lease_through_a_short_quota_wait_and_skips_slots_for_ter
     check_, acquired = gate_check(g, "t", Lease("w1#t"), terminal=True, conv="c-t")
     assert check_.leased and acquired is None
     assert "ambiguous_since_ms" not in redis_client.hgetall(N.job("t"))
+
+
+def test_a_gate_call_does_not_wait_behind_an_outcome_round_trip(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's gate calls (a job's last step before its call) have their own coalesced
+    connection: an outcome round trip in flight, here one held up in Redis, does not delay
+    them."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("FIN_API_TOKEN", "t")
+    rt = Runtime.build(load(WorkerSettings))
+    key = f"held-{uuid.uuid4().hex}"
+    got: list[object] = []
+    # an outcome round trip that Redis answers after 1 s, unless the key is pushed first
+    held = threading.Thread(
+        target=lambda: got.extend(rt.coalescer.execute([(("BLPOP", key, 1), {})]))
+    )
+    held.start()
+    try:
+        wait_until(
+            lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+            10,
+            "the outcome round trip waiting in Redis",
+        )
+        check_, acquired = rt.gate.check_and_acquire(
+            "j-gate",
+            "c-gate",
+            message_time=None,
+            sequence=None,
+            wait_turn=False,
+            hold_max_ms=60_000,
+            grant_time_field="ambiguous_since_ms",
+            lease=Lease("w1#a"),
+            lease_ms=LEASE_MS,
+            inline_max_ms=1000,
+        )
+        assert check_.decision == "go" and acquired is not None and acquired.go
+        redis_client.lpush(key, "pushed after the gate call returned")
+    finally:
+        held.join(10)
+        rt.close()
+    # the gate call returned while the outcome round trip was still waiting: the push ended it
+    assert got == [(key, "pushed after the gate call returned")]
