@@ -229,7 +229,14 @@ def worker_log_lines(rig: Rig, needle: str) -> list[str]:
 
 
 def unexpected_logged(rig: Rig, event_id: str) -> list[str]:
-    """The INFO line(s) the worker wrote about an event's unknown or unexpected fields."""
+    """The INFO line(s) the worker wrote about an event's unknown or unexpected fields, read
+    once the worker has logged the event as published: that line comes last, and every line
+    is written after the envelope is on the stream."""
+    wait_until(
+        lambda: worker_log_lines(rig, f"event={event_id} conv="),
+        10,
+        f"the worker's line for the published event {event_id}",
+    )
     return worker_log_lines(rig, f"event={event_id} name=")
 
 
@@ -663,7 +670,9 @@ def test_duplicate_is_200_and_published_once(
     sentinel = accepted(rig, status_event(cid + "-after", "escalated"))
     assert_published_whole(rig, events, dead, sentinel_channel, sentinel)
     assert len(events.matching(lambda e: e["conversation_id"] == cid)) == 1
-    assert len(worker_log_lines(rig, f"event={envelope['id']} duplicate delivery")) == 1
+    duplicate = f"event={envelope['id']} duplicate delivery"
+    wait_until(lambda: worker_log_lines(rig, duplicate), 10, "the redelivery's log line")
+    assert len(worker_log_lines(rig, duplicate)) == 1
 
 
 def test_too_old_is_400_and_not_enqueued(rig: Rig) -> None:
