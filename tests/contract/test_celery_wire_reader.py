@@ -60,12 +60,9 @@ def envelope(body: Any, *, encoding: str | None = "base64", task: Any = "fin.rep
     return json.dumps({"body": text, "headers": headers, "properties": properties})
 
 
-KWARGS = {"conversation_id": "c-é☃", "message": {"body": "hi"}, "user": {"id": "u"}}
-
-
 def messages(redis_url: str, redis_client: redis.Redis) -> tuple[dict[str, str], dict[str, str]]:
     """Task messages both readers must read the same (``items``), and ones both refuse."""
-    kwargs = KWARGS
+    kwargs = {"conversation_id": "c-é☃", "message": {"body": "hi"}, "user": {"id": "u"}}
     items = {
         "hand-built (producer, raw LPUSH)": celery_wire.task_message(
             "fin.reply", kwargs, task_id="j-0"
